@@ -1,0 +1,66 @@
+"""Compositing: paste an animated face crop back into its photo, fit into the output canvas."""
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from avatarcam.geometry import Box, fit_into
+
+
+@functools.lru_cache(maxsize=16)
+def feather_mask(size: int, feather: float = 0.12) -> np.ndarray:
+    """``size x size x 1`` float32 mask, 1 inside, falling smoothly to 0 over ``feather * size`` at the edges."""
+    ramp = max(1, int(round(size * feather)))
+    d = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
+    edge = np.clip(d / ramp, 0.0, 1.0)
+    edge = edge * edge * (3 - 2 * edge)  # smoothstep: no visible seam at the ramp ends
+    m = np.minimum(edge[:, None], edge[None, :])
+    return m[..., None]
+
+
+def paste_back(photo: np.ndarray, crop: np.ndarray, box: Box, mask: np.ndarray | None = None) -> np.ndarray:
+    """Warp ``crop`` (``S x S x 3`` uint8) back into ``photo`` at ``box`` and blend with ``mask``.
+
+    ``mask`` is ``S x S`` or ``S x S x 1`` float in [0, 1] (default: a feathered square). Only
+    the region the box covers is touched, so the cost scales with the face, not the photo.
+    """
+    size = crop.shape[0]
+    if mask is None:
+        mask = feather_mask(size)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    h, w = photo.shape[:2]
+    x0 = max(0, int(np.floor(box.x0)))
+    y0 = max(0, int(np.floor(box.y0)))
+    x1 = min(w, int(np.ceil(box.x0 + box.side)))
+    y1 = min(h, int(np.ceil(box.y0 + box.side)))
+    if x1 <= x0 or y1 <= y0:
+        return photo.copy()
+    # Map crop pixels -> region pixels (inverse of the crop matrix, shifted to the region origin).
+    s = box.side / size
+    m = np.array([[s, 0.0, box.x0 - x0], [0.0, s, box.y0 - y0]], dtype=np.float64)
+    rw, rh = x1 - x0, y1 - y0
+    warped = cv2.warpAffine(crop, m, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask.astype(np.float32), m, (rw, rh), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if alpha.ndim == 2:
+        alpha = alpha[..., None]
+    out = photo.copy()
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = (region + alpha * (warped.astype(np.float32) - region) + 0.5).astype(np.uint8)
+    return out
+
+
+class Compositor:
+    """Fits engine output into the output canvas (letterbox / crop / stretch) and mirrors it."""
+
+    def __init__(self, *, width: int, height: int, fit: str = "letterbox", mirror: bool = False) -> None:
+        self.width, self.height, self.fit, self.mirror = width, height, fit, mirror
+
+    def compose(self, image: np.ndarray) -> np.ndarray:
+        out = fit_into(image, self.width, self.height, self.fit)
+        if self.mirror:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out)

@@ -1,0 +1,1 @@
+"""Reenactment engines (passthrough, mesh, fomm) behind one interface."""

@@ -1,0 +1,58 @@
+"""The engine interface: prepare an avatar once, animate one driving frame at a time."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from avatarcam.avatars.types import Avatar
+from avatarcam.frame import Frame
+from avatarcam.geometry import Box, crop_square
+from avatarcam.landmarks.types import LandmarkResult
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One driving input. ``landmarks`` is None when the pipeline runs no tracker; ``box`` is the
+    driver crop (face-following when tracked, else centred)."""
+
+    frame: Frame
+    box: Box
+    landmarks: LandmarkResult | None = None
+
+    def crop(self, size: int) -> np.ndarray:
+        """The driver's square crop, ``size x size x 3`` uint8 RGB."""
+        return crop_square(self.frame.image, self.box, size)
+
+
+class Engine(abc.ABC):
+    """A reenactment engine.
+
+    ``prepare`` turns an avatar into engine-specific prepared state (computed once per avatar and
+    cached by the caller, so switching is instant); ``animate`` renders one driving frame against a
+    prepared avatar and returns an RGB uint8 image (a square face crop or the whole photo, per config).
+    ``calibrate`` makes the next driving frame the neutral reference for relative motion.
+    """
+
+    name: ClassVar[str]
+    needs_landmarks: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def prepare(self, avatar: Avatar) -> Any: ...
+
+    @abc.abstractmethod
+    def animate(self, prepared: Any, drive: Drive) -> np.ndarray: ...
+
+    def calibrate(self) -> None:  # noqa: B027 - optional hook, no-op for engines without a neutral pose
+        """Take the next driving frame as neutral."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources; called once."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Network code (e.g. models/fomm/)."""

@@ -1,0 +1,1 @@
+"""Checkpoints: known records, verified downloads, safe loading."""
