@@ -56,11 +56,12 @@ def paste_back(photo: np.ndarray, crop: np.ndarray, box: Box, mask: np.ndarray |
 class Compositor:
     """Fits engine output into the output canvas (letterbox / crop / stretch) and mirrors it."""
 
-    def __init__(self, *, width: int, height: int, fit: str = "letterbox", mirror: bool = False) -> None:
+    def __init__(self, *, width: int | None, height: int | None, fit: str = "letterbox", mirror: bool = False) -> None:
+        """``width``/``height`` None keeps the engine's own output size (offline rendering)."""
         self.width, self.height, self.fit, self.mirror = width, height, fit, mirror
 
     def compose(self, image: np.ndarray) -> np.ndarray:
-        out = fit_into(image, self.width, self.height, self.fit)
+        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, self.fit)
         if self.mirror:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)

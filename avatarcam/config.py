@@ -15,6 +15,7 @@ from typing import Any
 import dacite
 
 from avatarcam.errors import ConfigError
+from avatarcam.landmarks.config import TrackerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,12 +112,33 @@ class AvatarConfig:
 
 
 @dataclass(frozen=True)
+class CropConfig:
+    """The driver crop that follows the face: margin around the face, zoom (> 1 = tighter),
+    offset (fractions of the crop side), how long to hold a lost face and how fast to ease back."""
+
+    follow: bool = True
+    margin: float = 0.3
+    zoom: float = 1.0
+    offset: tuple[float, float] = (0.0, 0.0)
+    hold_s: float = 1.0
+    ease_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.margin <= 3.0, f"crop margin must be in [0, 3] face sizes, got {self.margin}")
+        _require(0.2 <= self.zoom <= 5.0, f"crop zoom must be in [0.2, 5], got {self.zoom}")
+        _require(len(self.offset) == 2, f"crop offset must be (x, y), got {self.offset}")
+        _require(self.hold_s >= 0 and self.ease_s >= 0, f"crop hold_s/ease_s must be >= 0, got {self.hold_s}, {self.ease_s}")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     avatars: AvatarConfig = field(default_factory=AvatarConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
     stats: bool = False
 
     def __post_init__(self) -> None:
@@ -139,7 +161,7 @@ def config_from_mapping(data: dict[str, Any]) -> AppConfig:
         return dacite.from_dict(AppConfig, data, config=_DACITE)
     except ConfigError:
         raise
-    except (dacite.DaciteError, TypeError) as exc:
+    except (dacite.DaciteError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
 
 

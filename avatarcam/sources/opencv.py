@@ -118,7 +118,10 @@ class VideoFileSource(Source):
                 time.sleep(due - now)
             elif now - due > 1.0:
                 self._t0 = now - self._index / self.fps  # fell far behind (paused?): resync, don't burst
-        frame = Frame(_rgb(bgr), self._index, time.perf_counter())
+        # Offline frames carry media time (index / fps): deterministic, and the trackers' filters see
+        # the true frame spacing rather than the decode speed.
+        t = time.perf_counter() if self.realtime else self._index / self.fps
+        frame = Frame(_rgb(bgr), self._index, t)
         self._index += 1
         return frame
 

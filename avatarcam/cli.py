@@ -1,0 +1,258 @@
+"""The ``avatarcam`` command line: run, render, devices, doctor, config, weights, serve."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from avatarcam.errors import AvatarcamError
+
+log = logging.getLogger("avatarcam")
+
+# The stage each CLI flag fills: flag dest -> (section, field).
+_FLAG_FIELDS: dict[str, tuple[str, str]] = {
+    "camera": ("capture", "source"),
+    "capture_width": ("capture", "width"),
+    "capture_height": ("capture", "height"),
+    "capture_fps": ("capture", "fps"),
+    "engine": ("engine", "name"),
+    "size": ("engine", "size"),
+    "output_mode": ("engine", "output"),
+    "device": ("engine", "device"),
+    "fp16": ("engine", "fp16"),
+    "weights": ("engine", "weights"),
+    "find_best_frame": ("engine", "find_best_frame"),
+    "width": ("output", "width"),
+    "height": ("output", "height"),
+    "fps": ("output", "fps"),
+    "fit": ("output", "fit"),
+    "mirror": ("output", "mirror"),
+    "vcam_device": ("sinks", "virtualcam_device"),
+    "vcam_backend": ("sinks", "virtualcam_backend"),
+    "out": ("sinks", "file"),
+    "avatar": ("avatars", "avatar"),
+    "avatars": ("avatars", "folder"),
+    "follow": ("crop", "follow"),
+    "zoom": ("crop", "zoom"),
+}
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["mesh", "fomm", "passthrough"], help="reenactment engine (default: mesh)")
+    g.add_argument("--size", type=int, help="square face size the engine renders (mesh 512, fomm 256)")
+    g.add_argument("--output-mode", choices=["photo", "crop"], help="whole avatar photo or face crop only")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="half precision on CUDA")
+    g.add_argument("--weights", help="FOMM checkpoint name (see `avatarcam weights list`) or path")
+    g.add_argument("--find-best-frame", action="store_true", default=None,
+                   help="calibrate on the driver frame that best matches the avatar's expression")
+    g.add_argument("--avatar", help="avatar photo path, or a name / 1-based index in the avatar folder")
+    g.add_argument("--avatars", help="avatar folder (default: avatars/)")
+    g.add_argument("--no-follow", dest="follow", action="store_false", default=None,
+                   help="fixed centred driver crop instead of following the face")
+    g.add_argument("--zoom", type=float, help="driver crop zoom (> 1 = tighter)")
+
+
+def _add_live_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument("--camera", help="camera index (0), device path (/dev/video0), or a video/image file")
+    g.add_argument("--driving", help="a video file to use as the camera (loops)")
+    g.add_argument("--no-loop", action="store_true", help="stop at the end of --driving instead of looping")
+    g.add_argument("--capture-width", type=int)
+    g.add_argument("--capture-height", type=int)
+    g.add_argument("--capture-fps", type=float)
+    g.add_argument("--no-mjpg", action="store_true", help="do not ask the camera for MJPG")
+    o = p.add_argument_group("output")
+    o.add_argument("--width", type=int, help="output width (default 1280)")
+    o.add_argument("--height", type=int, help="output height (default 720)")
+    o.add_argument("--fps", type=float, help="output fps (default 30)")
+    o.add_argument("--fit", choices=["letterbox", "crop", "stretch"])
+    o.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the output")
+    o.add_argument("--sink", action="append", choices=["virtualcam", "window", "file", "null"],
+                   help="output(s); repeatable (default: virtualcam and window)")
+    o.add_argument("--out", help="file for --sink file (mp4)")
+    o.add_argument("--vcam-device", help="virtual camera device, e.g. /dev/video10")
+    o.add_argument("--vcam-backend", help="pyvirtualcam backend, e.g. v4l2loopback, obs, unitycapture")
+    o.add_argument("--stats", action="store_true", default=None, help="show stats in the preview and print them")
+    o.add_argument("--duration", type=float, help="stop after this many seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatarcam", description="A still photo as a live, animated webcam.")
+    parser.add_argument("--config", help="TOML config file (see `avatarcam config --print`)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="live: camera -> engine -> virtual camera + preview")
+    _add_engine_args(p)
+    _add_live_args(p)
+    _add_worker_args(p)
+
+    p = sub.add_parser("render", help="offline: render every frame of a driving video to a file")
+    _add_engine_args(p)
+    p.add_argument("--driving", required=True, help="driving video")
+    p.add_argument("--out", required=True, help="output video (.mp4)")
+    p.add_argument("--max-frames", type=int, help="render only the first N frames")
+    p.add_argument("--no-progress", action="store_true")
+    _add_worker_args(p)
+
+    sub.add_parser("devices", help="list cameras, virtual camera backends and audio devices")
+    sub.add_parser("doctor", help="check the installation; each item OK or a fix to try")
+
+    p = sub.add_parser("config", help="show the effective configuration")
+    p.add_argument("--print", action="store_true", required=True, help="print it as TOML")
+    _add_engine_args(p)
+    _add_live_args(p)
+
+    try:
+        from avatarcam.weights.cli import register as register_weights
+    except ImportError:  # pragma: no cover - the weights CLI ships with the package
+        register_weights = None
+    if register_weights is not None:
+        register_weights(sub)
+    try:
+        from avatarcam.remote.cli import add_serve_parser
+    except ImportError:  # pragma: no cover
+        add_serve_parser = None
+    if add_serve_parser is not None:
+        add_serve_parser(sub)
+    return parser
+
+
+def _add_worker_args(p: argparse.ArgumentParser) -> None:
+    try:
+        from avatarcam.remote.cli import add_worker_args
+    except ImportError:  # pragma: no cover
+        return
+    add_worker_args(p)
+
+
+def resolve_config(args: argparse.Namespace):
+    """Defaults <- TOML file <- command-line flags."""
+    from avatarcam.config import load_config, with_overrides
+
+    config = load_config(getattr(args, "config", None))
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, (section, name) in _FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.setdefault(section, {})[name] = value
+    driving = getattr(args, "driving", None)
+    if driving and getattr(args, "command", None) != "render":
+        overrides.setdefault("capture", {}).update(source=driving, loop=not getattr(args, "no_loop", False))
+    if getattr(args, "no_mjpg", False):
+        overrides.setdefault("capture", {})["mjpg"] = False
+    sinks = getattr(args, "sink", None)
+    if sinks:
+        overrides.setdefault("sinks", {})["kinds"] = tuple(dict.fromkeys(sinks))
+    elif getattr(args, "out", None) and getattr(args, "command", None) == "run":
+        overrides.setdefault("sinks", {})["kinds"] = (*config.sinks.kinds, "file")
+    config = with_overrides(config, overrides)
+    if getattr(args, "stats", None):
+        import dataclasses
+
+        config = dataclasses.replace(config, stats=True)
+    return config
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from avatarcam.config import to_toml
+
+    sys.stdout.write(to_toml(resolve_config(args)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from avatarcam.live import LiveSession
+
+    config = resolve_config(args)
+    with LiveSession(config=config, engine_factory=lambda opts: _engine_for(args, config, opts)) as session:
+        session.run(duration=getattr(args, "duration", None))
+        if config.stats:
+            print(json.dumps(session.pipeline.stats.snapshot().as_dict(), indent=2))
+    return 0
+
+
+def _engine_for(args: argparse.Namespace, config, options: dict[str, Any]):
+    """The local engine, or a remote one when --worker is given."""
+    try:
+        from avatarcam.remote.cli import engine_from_args
+    except ImportError:  # pragma: no cover
+        engine_from_args = None
+    if engine_from_args is not None:
+        remote = engine_from_args(args, config.engine.name, options)
+        if remote is not None:
+            return remote
+    from avatarcam.engines import create_engine
+
+    return create_engine(config.engine.name, **options)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from avatarcam.app import build_cropper, build_tracker, engine_options, pick_avatar
+    from avatarcam.render import render_video
+
+    config = resolve_config(args)
+    out = Path(args.out)
+    avatar = pick_avatar(config)
+    options = {} if getattr(args, "worker", None) and config.engine.name == "fomm" else engine_options(config)
+    engine = _engine_for(args, config, options)
+    tracker = build_tracker(config) if (engine.needs_landmarks or config.crop.follow) else None
+    try:
+        result = render_video(avatar=avatar, driving=args.driving, engine=engine, out=out, tracker=tracker,
+                              cropper=build_cropper(config), progress=not args.no_progress,
+                              max_frames=args.max_frames)
+    finally:
+        engine.close()
+        if tracker is not None:
+            tracker.close()
+    print(f"wrote {result.frames} frames at {result.fps:g} fps to {out} "
+          f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s rendering)")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from avatarcam.diagnostics import print_devices
+
+    return print_devices()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from avatarcam.diagnostics import run_doctor
+
+    return run_doctor()
+
+
+COMMANDS = {"run": cmd_run, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor,
+            "config": cmd_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        if args.command == "weights":
+            from avatarcam.weights.cli import run as handler
+        elif args.command == "serve":
+            from avatarcam.remote.cli import run_serve as handler
+        else:  # pragma: no cover - argparse rejects unknown commands
+            parser.error(f"unknown command {args.command}")
+    try:
+        return int(handler(args) or 0)
+    except AvatarcamError as exc:
+        print(f"avatarcam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

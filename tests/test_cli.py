@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from avatarcam.cli import main
+
+from conftest import REPO, avatarcam_threads
+
+
+def frame_count(path):
+    cap = cv2.VideoCapture(str(path))
+    n, fps = 0, cap.get(cv2.CAP_PROP_FPS)
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n, fps
+
+
+def test_render_passthrough_writes_one_frame_per_input_frame(tmp_path, driving_video, avatar_photo, capsys):
+    out = tmp_path / "pt.mp4"
+    rc = main(["render", "--engine", "passthrough", "--avatar", str(avatar_photo), "--driving", str(driving_video),
+               "--out", str(out), "--size", "256", "--no-progress"])
+    assert rc == 0
+    n, fps = frame_count(out)
+    assert (n, fps) == (169, 25.0)
+    assert "wrote 169 frames" in capsys.readouterr().out
+
+
+def test_run_with_a_video_as_camera_to_a_file(tmp_path, driving_video, avatar_photo):
+    out = tmp_path / "live.mp4"
+    rc = main(["run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--driving", str(driving_video),
+               "--sink", "file", "--out", str(out), "--width", "320", "--height", "180", "--fps", "20",
+               "--duration", "1.5"])
+    assert rc == 0
+    n, fps = frame_count(out)
+    assert fps == 20 and 25 <= n <= 31
+    assert avatarcam_threads() == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["render", "--engine", "passthrough", "--driving", "/nope.mp4", "--out", "/tmp/x.mp4"], "not found"),
+    (["run", "--engine", "passthrough", "--sink", "file", "--out", "/no/such/dir/o.mp4", "--driving", "x.mp4"],
+     "does not exist"),
+    (["run", "--avatar", "/definitely/missing.png", "--sink", "null"], "missing"),
+])
+def test_bad_input_exits_with_a_clear_error(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avatarcam: error:") and needle in err
+
+
+def test_console_script_and_doctor_run():
+    exe = REPO / ".venv" / "bin" / "avatarcam"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
+    r = subprocess.run([*cmd, "doctor"], capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 1), r.stderr
+    assert "landmark models" in r.stdout and "virtual camera" in r.stdout
+    r = subprocess.run([*cmd, "devices"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Virtual camera backends" in r.stdout
