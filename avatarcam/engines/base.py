@@ -38,6 +38,12 @@ class Engine(abc.ABC):
 
     name: ClassVar[str]
     needs_landmarks: ClassVar[bool] = False
+    #: False when ``animate`` uses only ``drive.landmarks``, ``drive.box`` and the frame size, never the
+    #: driving pixels, so a remote worker can run it from keypoints alone. May be set per instance.
+    reads_drive_pixels: bool = True
+    #: When set, ``animate`` reads the driving image only through ``drive.crop(drive_crop_size)``, so a
+    #: remote client may send just that crop (landmarks mapped into it) instead of the camera frame.
+    drive_crop_size: int | None = None
 
     @abc.abstractmethod
     def prepare(self, avatar: Avatar) -> Any: ...
@@ -47,6 +53,13 @@ class Engine(abc.ABC):
 
     def calibrate(self) -> None:  # noqa: B027 - optional hook, no-op for engines without a neutral pose
         """Take the next driving frame as neutral."""
+
+    def get_calibration(self) -> dict[str, np.ndarray] | None:
+        """The neutral reference as plain arrays (persisted per avatar), or None when not calibrated."""
+        return None
+
+    def set_calibration(self, state: dict[str, np.ndarray] | None) -> None:  # noqa: B027
+        """Restore a reference returned by :meth:`get_calibration` (None: calibrate on the next frame)."""
 
     def close(self) -> None:  # noqa: B027
         """Release resources; called once."""
