@@ -61,7 +61,7 @@ class EngineConfig:
     output: str = "photo"
     device: str = "auto"
     fp16: bool | None = None
-    weights: str = "vox-cpk"
+    weights: str | None = None  # a checkpoint name or path; None: the first one installed
     find_best_frame: bool = False
 
     def __post_init__(self) -> None:

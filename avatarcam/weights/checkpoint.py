@@ -15,10 +15,14 @@ from avatarcam.errors import WeightsError
 MODULES = ("kp_detector", "generator")
 
 
+def looks_like_html(head: bytes) -> bool:
+    """True when the first bytes of a file or HTTP body are a web page or an XML error document."""
+    return head[:512].lstrip().lower().startswith((b"<!doctype html", b"<html", b"<head", b"<?xml"))
+
+
 def _looks_like_html(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml"))
+        return looks_like_html(f.read(512))
 
 
 def read_fomm_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -41,19 +45,20 @@ def read_fomm_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
             "download it in a browser and `avatarcam weights add PATH`."
         )
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             flat = load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path} is not a readable safetensors file ({exc}).") from exc
         state: dict[str, dict[str, torch.Tensor]] = {m: {} for m in MODULES}
         for key, tensor in flat.items():
             module, _, rest = key.partition(".")
             if module not in state or not rest:
                 raise WeightsError(f"{path}: unexpected tensor {key!r}; expected keys starting with {MODULES}.")
-            state[module][rest] = tensor
+            # `weights add --fp16` stores half floats to halve the file; the model contract is fp32.
+            state[module][rest] = tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
     else:
         try:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
