@@ -1,1 +1,1 @@
-"""The avatar library."""
+"""The avatar library: photos found, framed and cached once, ready for every engine."""
