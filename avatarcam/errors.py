@@ -36,3 +36,7 @@ class WeightsError(AvatarcamError):
 
 class EngineError(AvatarcamError):
     """An engine cannot be created or run."""
+
+
+class AudioError(AvatarcamError):
+    """Audio (PortAudio library, device, stream) is unavailable; the video keeps running without it."""
