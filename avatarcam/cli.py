@@ -39,7 +39,25 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "avatars": ("avatars", "folder"),
     "follow": ("crop", "follow"),
     "zoom": ("crop", "zoom"),
+    "audio": ("audio", "enabled"),
+    "audio_in": ("audio", "input_device"),
+    "audio_out": ("audio", "output_device"),
+    "audio_delay": ("audio", "delay"),
+    "voice_mode": ("audio", "voice_mode"),
 }
+
+
+def _delay(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--audio-delay must be 'auto' or seconds, got {text!r}") from None
+
+
+def _device(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +99,14 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--vcam-backend", help="pyvirtualcam backend, e.g. v4l2loopback, obs, unitycapture")
     o.add_argument("--stats", action="store_true", default=None, help="show stats in the preview and print them")
     o.add_argument("--duration", type=float, help="stop after this many seconds")
+    a = p.add_argument_group("audio")
+    a.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass the microphone through, delayed to match the video (lip sync)")
+    a.add_argument("--audio-in", type=_device, help="input device (index, name, or a PulseAudio source)")
+    a.add_argument("--audio-out", type=_device, help="output device, e.g. a virtual cable or PulseAudio null sink")
+    a.add_argument("--audio-delay", type=_delay, help="'auto' (follow the video latency) or seconds")
+    a.add_argument("--voice-mode", choices=["fallback", "always", "off"],
+                   help="voice drives the mouth when the face is lost (fallback) or always")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from typing import Any
 
 import dacite
 
+from avatarcam.audio.config import AudioConfig
 from avatarcam.errors import ConfigError
 from avatarcam.landmarks.config import TrackerConfig
 
@@ -139,6 +140,7 @@ class AppConfig:
     avatars: AvatarConfig = field(default_factory=AvatarConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     crop: CropConfig = field(default_factory=CropConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     stats: bool = False
 
     def __post_init__(self) -> None:
