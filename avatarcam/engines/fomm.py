@@ -190,6 +190,7 @@ class FommEngine(Engine):
             model = load_fomm(checkpoint, config, device=self.precision.device)
         self.model = model.to(self.precision.device, memory_format=self.precision.memory_format)
         self.size = size if size is not None else model.config.image_size
+        self.drive_crop_size = self.size  # the driver is read only through drive.crop(size)
         try:
             model.config.check_size(self.size)
         except ValueError as exc:

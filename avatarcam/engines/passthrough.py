@@ -15,6 +15,7 @@ class PassthroughEngine(Engine):
 
     def __init__(self, *, size: int = 512) -> None:
         self.size = size
+        self.drive_crop_size = size  # reads only drive.crop(size): remote clients send just that
 
     def prepare(self, avatar: Avatar) -> None:
         return None
