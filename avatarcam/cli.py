@@ -44,6 +44,13 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "audio_out": ("audio", "output_device"),
     "audio_delay": ("audio", "delay"),
     "voice_mode": ("audio", "voice_mode"),
+    "api": ("api", "enabled"),
+    "api_port": ("api", "port"),
+    "api_host": ("api", "host"),
+    "api_token": ("api", "token"),
+    "api_allow_remote": ("api", "allow_remote"),
+    "brb_image": ("controls", "brb_image"),
+    "persist": ("controls", "persist"),
 }
 
 
@@ -99,6 +106,17 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--vcam-backend", help="pyvirtualcam backend, e.g. v4l2loopback, obs, unitycapture")
     o.add_argument("--stats", action="store_true", default=None, help="show stats in the preview and print them")
     o.add_argument("--duration", type=float, help="stop after this many seconds")
+    c = p.add_argument_group("controls")
+    c.add_argument("--api", action="store_true", default=None,
+                   help="local HTTP/WebSocket control API (hotkeys while Zoom/OBS has focus)")
+    c.add_argument("--api-port", type=int, help="control API port (implies --api)")
+    c.add_argument("--api-host", help="control API bind address (default 127.0.0.1)")
+    c.add_argument("--api-token", help="control API token (default: generated once and stored)")
+    c.add_argument("--api-allow-remote", action="store_true", default=None,
+                   help="allow a non-loopback API bind (token still required)")
+    c.add_argument("--brb-image", help="picture for the 'be right back' key (B)")
+    c.add_argument("--no-persist", dest="persist", action="store_false", default=None,
+                   help="do not remember per-avatar calibration, crop and mirror")
     a = p.add_argument_group("audio")
     a.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
                    help="pass the microphone through, delayed to match the video (lip sync)")
@@ -172,6 +190,8 @@ def resolve_config(args: argparse.Namespace):
     driving = getattr(args, "driving", None)
     if driving and getattr(args, "command", None) != "render":
         overrides.setdefault("capture", {}).update(source=driving, loop=not getattr(args, "no_loop", False))
+    if getattr(args, "api_port", None) is not None:
+        overrides.setdefault("api", {})["enabled"] = True
     if getattr(args, "no_mjpg", False):
         overrides.setdefault("capture", {})["mjpg"] = False
     sinks = getattr(args, "sink", None)
@@ -198,15 +218,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from avatarcam.live import LiveSession
 
     config = resolve_config(args)
-    with LiveSession(config=config, engine_factory=lambda opts: _engine_for(args, config, opts)) as session:
+    with LiveSession(config=config, engine_factory=lambda cfg: _engine_for(args, cfg)) as session:
         session.run(duration=getattr(args, "duration", None))
         if config.stats:
             print(json.dumps(session.pipeline.stats.snapshot().as_dict(), indent=2))
     return 0
 
 
-def _engine_for(args: argparse.Namespace, config, options: dict[str, Any]):
-    """The local engine, or a remote one when --worker is given."""
+def _engine_for(args: argparse.Namespace, config):
+    """The local engine, or a remote one when --worker is given (the worker has its own weights)."""
+    from avatarcam.app import engine_options
+
+    remote = bool(getattr(args, "worker", None))
+    options = {} if remote and config.engine.name == "fomm" else engine_options(config)
     try:
         from avatarcam.remote.cli import engine_from_args
     except ImportError:  # pragma: no cover
@@ -221,14 +245,13 @@ def _engine_for(args: argparse.Namespace, config, options: dict[str, Any]):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from avatarcam.app import build_cropper, build_tracker, engine_options, pick_avatar
+    from avatarcam.app import build_cropper, build_tracker, pick_avatar
     from avatarcam.render import render_video
 
     config = resolve_config(args)
     out = Path(args.out)
     avatar = pick_avatar(config)
-    options = {} if getattr(args, "worker", None) and config.engine.name == "fomm" else engine_options(config)
-    engine = _engine_for(args, config, options)
+    engine = _engine_for(args, config)
     tracker = build_tracker(config) if (engine.needs_landmarks or config.crop.follow) else None
     try:
         result = render_video(avatar=avatar, driving=args.driving, engine=engine, out=out, tracker=tracker,

@@ -65,3 +65,39 @@ class Compositor:
         if self.mirror:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+    def map_points(self, points: np.ndarray, src_size: tuple[int, int]) -> np.ndarray:
+        """Where ``points`` (``N x 2+`` pixels of a ``src_size`` = (w, h) image) land in what
+        :meth:`compose` makes of that image: ``N x 2`` float32 output pixels (preview overlays)."""
+        w, h = src_size
+        xy = np.asarray(points, dtype=np.float32)[:, :2]
+        if self.width is None or self.height is None:
+            out_w, sx, sy, ox, oy = w, 1.0, 1.0, 0.0, 0.0
+        else:
+            out_w, out_h = self.width, self.height
+            if (w, h) == (out_w, out_h):
+                sx = sy = 1.0
+                ox = oy = 0.0
+            elif self.fit == "stretch":
+                sx, sy, ox, oy = out_w / w, out_h / h, 0.0, 0.0
+            else:
+                # The same arithmetic as geometry.fit_into, so points sit on the pixels they belong to.
+                scale = min(out_w / w, out_h / h) if self.fit == "letterbox" else max(out_w / w, out_h / h)
+                nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+                sx, sy = nw / w, nh / h
+                if self.fit == "letterbox":
+                    ox, oy = float((out_w - nw) // 2), float((out_h - nh) // 2)
+                else:
+                    ox, oy = -float((nw - out_w) // 2), -float((nh - out_h) // 2)
+        # Pixel centres: cv2.resize maps x to (x + 0.5) * s - 0.5.
+        out = np.empty_like(xy)
+        out[:, 0] = (xy[:, 0] + 0.5) * sx - 0.5 + ox
+        out[:, 1] = (xy[:, 1] + 0.5) * sy - 0.5 + oy
+        if self.mirror:
+            out[:, 0] = (out_w - 1) - out[:, 0]
+        return out
+
+
+def crossfade(old: np.ndarray, new: np.ndarray, t: float) -> np.ndarray:
+    """``(1 - t) * old + t * new`` as a new uint8 image (both ``H x W x 3`` uint8, ``t`` in [0, 1])."""
+    return cv2.addWeighted(old, 1.0 - t, new, t, 0.0)

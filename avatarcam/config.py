@@ -15,6 +15,8 @@ from typing import Any
 import dacite
 
 from avatarcam.audio.config import AudioConfig
+from avatarcam.control_api import ApiConfig
+from avatarcam.controls import ControlsConfig
 from avatarcam.errors import ConfigError
 from avatarcam.landmarks.config import TrackerConfig
 
@@ -141,6 +143,8 @@ class AppConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     stats: bool = False
 
     def __post_init__(self) -> None:

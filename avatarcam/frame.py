@@ -27,13 +27,31 @@ class Frame:
         return self.image.shape[1], self.image.shape[0]
 
 
+@dataclass(frozen=True, eq=False)
+class PreviewLayers:
+    """What the preview window draws on top of an output frame, and nothing else does.
+
+    ``ghost``: ``H x W x 3`` uint8 RGB at the output size (the avatar, for aligning the face),
+    blended at ``ghost_alpha`` in [0, 1]. ``points``: ``(N x 2 float32 output pixels, (r, g, b))``
+    pairs (landmarks). ``mirror``: flip the preview horizontally. ``panel``: text lines shown in a
+    box in the middle (the hotkey help).
+    """
+
+    ghost: np.ndarray | None = None
+    ghost_alpha: float = 0.4
+    points: tuple[tuple[np.ndarray, tuple[int, int, int]], ...] = ()
+    mirror: bool = False
+    panel: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class OutputFrame:
     """A composed output image plus what produced it.
 
     ``image`` is ``H x W x 3`` uint8 RGB at the output size. ``source_index`` and
     ``t_capture`` are those of the driving frame it was rendered from (-1 / 0.0 for
-    placeholders), ``overlay`` holds text lines that only the preview draws.
+    placeholders), ``overlay`` holds text lines that only the preview draws, ``preview``
+    the preview-only layers (landmarks, avatar ghost, mirroring, help).
     """
 
     image: np.ndarray
@@ -41,6 +59,7 @@ class OutputFrame:
     t_capture: float
     overlay: tuple[str, ...] = ()
     repeated: bool = False
+    preview: PreviewLayers | None = None
 
 
 def check_rgb_image(image: object, what: str = "image") -> np.ndarray:

@@ -1,4 +1,8 @@
-"""A live session: the pipeline plus the state a user changes while live (avatar, calibration, ...)."""
+"""A live session: the pipeline plus the state a user changes while live (avatar, calibration, ...).
+
+Hotkeys from the preview window and requests to the control API both become commands of one
+:class:`~avatarcam.controls.Controller` (see :mod:`avatarcam.hotkeys`, :mod:`avatarcam.control_api`).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,40 +11,61 @@ from typing import Any, Callable, Sequence
 
 from avatarcam.app import (build_compositor, build_cropper, build_sinks, build_tracker, engine_options,
                            load_avatars, pick_avatar)
+from avatarcam.avatars.types import Avatar
 from avatarcam.config import AppConfig
+from avatarcam.control_api import ApiConfig, ControlApi
+from avatarcam.controls import Controller, ControlsConfig
 from avatarcam.engines import Engine, create_engine
+from avatarcam.hotkeys import handle_key
 from avatarcam.pipeline import Pipeline
 from avatarcam.processing import FrameProcessor
+from avatarcam.settings import SettingsStore
 from avatarcam.sinks.base import Sink
 from avatarcam.sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
-QUIT_KEYS = {27, ord("q"), ord("Q")}
-
 
 class LiveSession:
     """Builds and owns the live loop's parts from ``config``; ``run()`` blocks until quit.
 
-    ``sinks`` and ``source_factory`` replace the configured ones (tests, embedding).
+    ``sinks`` and ``source_factory`` replace the configured ones (tests, embedding); ``avatars``
+    replaces the avatar library with a fixed list (then "reload" has nothing to scan).
+    ``controls`` / ``api`` replace ``config.controls`` / ``config.api``.
     """
 
-    def __init__(self, *, config: AppConfig, engine_factory: Callable[[dict[str, Any]], Engine] | None = None,
-                 sinks: Sequence[Sink] | None = None, source_factory: Callable[[], Source] | None = None) -> None:
+    def __init__(self, *, config: AppConfig, engine_factory: Callable[[AppConfig], Engine] | None = None,
+                 sinks: Sequence[Sink] | None = None, source_factory: Callable[[], Source] | None = None,
+                 avatars: Sequence[Avatar] | None = None, controls: ControlsConfig | None = None,
+                 api: ApiConfig | None = None) -> None:
         self.config = config
+        controls = controls or getattr(config, "controls", None) or ControlsConfig()
+        api = api or getattr(config, "api", None) or ApiConfig()
+        self.api: ControlApi | None = None
         self._closers: list[Callable[[], None]] = []
         try:
-            self.library = load_avatars(config)
-            self.avatar = pick_avatar(config, self.library)
-            options = engine_options(config)
-            self.engine = engine_factory(options) if engine_factory else create_engine(config.engine.name, **options)
+            reload: Callable[[], Sequence[Avatar]] | None = None
+            if avatars is not None:
+                self.library = None
+                switchable = list(avatars)
+                self.avatar = avatars[0]
+            else:
+                self.library = load_avatars(config)
+                self.avatar = pick_avatar(config, self.library)
+                extra = [] if any(a.content_hash == self.avatar.content_hash for a in self.library) else [self.avatar]
+                switchable = extra + list(self.library)
+                reload = self._reload_library(extra)
+            # A factory (e.g. a remote worker) decides itself which local options it needs.
+            self.engine = (engine_factory(config) if engine_factory
+                           else create_engine(config.engine.name, **engine_options(config)))
             self._closers.append(self.engine.close)
             self.tracker = build_tracker(config) if (self.engine.needs_landmarks or config.crop.follow) else None
             if self.tracker is not None:
                 self._closers.append(self.tracker.close)
             self.compositor = build_compositor(config)
             self.processor = FrameProcessor(engine=self.engine, compositor=self.compositor, tracker=self.tracker,
-                                            cropper=build_cropper(config))
+                                            cropper=build_cropper(config), crossfade_s=controls.crossfade_s)
+            self._closers.append(self.processor.close)
             self.processor.set_avatar(self.avatar)
             self.sinks = list(sinks) if sinks is not None else build_sinks(config, on_key=self.on_key)
             if sinks is None:
@@ -50,19 +75,35 @@ class LiveSession:
                 processor=self.processor, sinks=self.sinks, fps=config.output.fps,
                 retry_s=config.capture.retry_s, show_stats=config.stats,
                 placeholder=self.compositor.compose(self.avatar.image))
+            settings = SettingsStore(folder=controls.settings_dir) if controls.persist else None
+            self.controller = Controller(
+                processor=self.processor, pipeline=self.pipeline, avatars=switchable, reload=reload,
+                settings=settings, config=controls, base_zoom=config.crop.zoom,
+                base_offset=tuple(config.crop.offset), mirror_output=config.output.mirror)
+            self._closers.append(self.controller.close)  # after the loop stops: saves the avatar's settings
+            self.pipeline.overlay_provider = self.controller.overlay_lines
+            self.pipeline.preview_provider = self.controller.preview_layers
             self._closers.append(self.pipeline.close)
+            if api.enabled:
+                self.api = ControlApi(controller=self.controller, config=api).start()
+                self._closers.append(self.api.close)
         except BaseException:
             self.close()
             raise
         self._stats_stop = threading.Event()
 
+    def _reload_library(self, extra: list[Avatar]) -> Callable[[], list[Avatar]]:
+        def reload() -> list[Avatar]:
+            self.library.reload()
+            for path, problem in self.library.problems:
+                log.warning("avatar %s skipped: %s", path, problem)
+            return extra + list(self.library)
+
+        return reload
+
     def on_key(self, key: int) -> None:
-        if key in QUIT_KEYS:
-            self.pipeline.stop()
-        elif key in (ord("i"), ord("I")):
-            self.pipeline.show_stats = not self.pipeline.show_stats
-        elif key in (ord("x"), ord("X")):
-            self.engine.calibrate()
+        """A key code from the preview window (``cv2.waitKeyEx``): run its hotkey, if any."""
+        handle_key(self.controller, key)
 
     def _print_stats(self) -> None:
         while not self._stats_stop.wait(5.0):
@@ -83,7 +124,8 @@ class LiveSession:
                 printer.join()
 
     def close(self) -> None:
-        # Reverse order of creation: the pipeline's threads stop before the engine and sinks go.
+        # Reverse order of creation: the API and the pipeline's threads stop before the settings are
+        # saved and before the engine and sinks go.
         closers, self._closers = self._closers, []
         for close in reversed(closers):
             try:

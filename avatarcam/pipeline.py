@@ -5,6 +5,11 @@ frames instead of building a queue. The output loop runs on the caller's thread 
 ``fps`` (``start + n * period``): when the engine is late it repeats the last frame, because
 video-call apps want a steady stream. Every thread stops on an event and is joined by
 ``close()``; an exception in a worker thread is re-raised by ``run()``.
+
+Live controls that act on the output itself live here, so they take effect on the very next
+output frame whatever the engine is doing: ``freeze`` (hold the frame on screen), ``still``
+(an image shown instead, e.g. "be right back"), and two hooks that add preview-only text
+(``overlay_provider``) and layers (``preview_provider``) to each :class:`OutputFrame`.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from avatarcam.frame import Frame, OutputFrame
+from avatarcam.frame import Frame, OutputFrame, PreviewLayers
 from avatarcam.mailbox import Mailbox
 from avatarcam.processing import FrameProcessor
 from avatarcam.sinks.base import Sink
@@ -39,10 +44,16 @@ def placeholder_image(width: int, height: int, text: str) -> np.ndarray:
 class Pipeline:
     def __init__(self, *, open_source: Callable[[], Source], processor: FrameProcessor, sinks: Sequence[Sink],
                  fps: float = 30.0, stats: Stats | None = None, retry_s: float = 2.0, show_stats: bool = False,
-                 placeholder: np.ndarray | None = None) -> None:
+                 placeholder: np.ndarray | None = None,
+                 overlay_provider: Callable[[], Sequence[str]] | None = None,
+                 preview_provider: Callable[[PreviewLayers | None], PreviewLayers | None] | None = None) -> None:
         self.processor, self.sinks, self.fps = processor, list(sinks), fps
         self.stats = stats or processor.stats
         self.show_stats = show_stats
+        self.freeze = False  # hold the frame on screen (the engine keeps running)
+        self.still: np.ndarray | None = None  # shown instead of the live output when set (output size)
+        self.overlay_provider = overlay_provider
+        self.preview_provider = preview_provider
         self._frames: Mailbox[Frame] = Mailbox()
         self._outputs: Mailbox[OutputFrame] = Mailbox()
         self._capture = CaptureThread(open_source=open_source, mailbox=self._frames, stats=self.stats, retry_s=retry_s)
@@ -92,6 +103,11 @@ class Pipeline:
         """Ask ``run()`` to return (safe from any thread, e.g. a hotkey)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` (or :meth:`close`) was called."""
+        return self._stop.is_set()
+
     def _raise_worker_error(self) -> None:
         err = self._error or self._capture.error
         if err is not None:
@@ -117,17 +133,22 @@ class Pipeline:
             self._raise_worker_error()
             fresh = self._outputs.get_nowait()
             now = time.perf_counter()
-            if fresh is not None:
+            if fresh is not None and (current is None or not self.freeze):
                 current = fresh
                 self.stats.latency(now - fresh.t_capture)
             elif current is not None:
+                fresh = None  # a frozen frame counts as repeated
                 self.stats.repeated_output += 1
             elif self._processed_all.is_set() and until_input_ends:
                 break
-            image = current.image if current is not None else self._placeholder
-            overlay = self._overlay_lines()
+            # One read of ``still``: another thread may clear it meanwhile.
+            still = self.still
+            image = still if still is not None else current.image if current is not None else self._placeholder
+            preview = current.preview if current is not None and still is None else None
+            if self.preview_provider is not None:
+                preview = self.preview_provider(preview)
             out = OutputFrame(image, current.source_index if current else -1, current.t_capture if current else 0.0,
-                              overlay=overlay, repeated=fresh is None)
+                              overlay=self._overlay_lines(), repeated=fresh is None, preview=preview)
             for sink in self.sinks:
                 sink.send(out)
             self.last_output = out
@@ -150,6 +171,8 @@ class Pipeline:
             lines.append(f"camera: {status}")
         if self.show_stats:
             lines.extend(self.stats.snapshot().lines())
+        if self.overlay_provider is not None:
+            lines.extend(self.overlay_provider())
         return tuple(lines)
 
     def close(self) -> None:

@@ -22,14 +22,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_user_dirs(tmp_path_factory):
-    """Keep the per-user caches (prepared avatars) of a test run out of the real home folder."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    """Keep the per-user caches, settings and tokens of a test run out of the real home folder."""
+    names = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+    old = {n: os.environ.get(n) for n in names}
+    for n in names:
+        os.environ[n] = str(tmp_path_factory.mktemp(n.lower()))
     yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+    for n, value in old.items():
+        if value is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = value
 
 
 @pytest.fixture(scope="session")
