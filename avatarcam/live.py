@@ -87,10 +87,31 @@ class LiveSession:
             if api.enabled:
                 self.api = ControlApi(controller=self.controller, config=api).start()
                 self._closers.append(self.api.close)
+            self.audio, self.voice = self._start_audio(config)
         except BaseException:
             self.close()
             raise
         self._stats_stop = threading.Event()
+
+    def _start_audio(self, config: AppConfig):
+        """The delayed microphone pass-through and the voice-driven mouth, when enabled. A missing audio
+        device or PortAudio library is reported once; the video keeps running without audio."""
+        if not config.audio.enabled:
+            return None, None
+        from avatarcam.audio import AudioPassthrough, SyntheticDriver
+        from avatarcam.errors import AvatarcamError
+
+        voice = SyntheticDriver.from_config(config.audio) if config.audio.voice_mode != "off" else None
+        try:
+            audio = AudioPassthrough(config=config.audio, on_level=voice.push_level if voice else None)
+            audio.start()
+        except (AvatarcamError, OSError) as exc:
+            log.warning("audio disabled: %s", exc)
+            return None, None
+        self._closers.append(audio.close)
+        self.processor.voice = voice
+        log.info("audio: microphone -> output delayed by %s", config.audio.delay)
+        return audio, voice
 
     def _reload_library(self, extra: list[Avatar]) -> Callable[[], list[Avatar]]:
         def reload() -> list[Avatar]:
@@ -105,14 +126,22 @@ class LiveSession:
         """A key code from the preview window (``cv2.waitKeyEx``): run its hotkey, if any."""
         handle_key(self.controller, key)
 
-    def _print_stats(self) -> None:
-        while not self._stats_stop.wait(5.0):
-            log.info("stats: %s", " | ".join(self.pipeline.stats.snapshot().lines()))
+    def _monitor(self) -> None:
+        """Once a second: keep the audio delay on the measured video latency; every 5 s print stats."""
+        ticks = 0
+        auto_delay = self.audio is not None and self.config.audio.delay == "auto"
+        while not self._stats_stop.wait(1.0):
+            ticks += 1
+            snap = self.pipeline.stats.snapshot()
+            if auto_delay and snap.latency_ms[0] == snap.latency_ms[0]:  # not NaN
+                self.audio.set_target_delay(snap.latency_ms[0] / 1000.0)
+            if self.config.stats and ticks % 5 == 0:
+                log.info("stats: %s", " | ".join(snap.lines()))
 
     def run(self, *, duration: float | None = None) -> int:
         printer = None
-        if self.config.stats:
-            printer = threading.Thread(target=self._print_stats, name="avatarcam-stats", daemon=True)
+        if self.config.stats or self.audio is not None:
+            printer = threading.Thread(target=self._monitor, name="avatarcam-monitor", daemon=True)
             printer.start()
         try:
             return self.pipeline.run(duration=duration, until_input_ends=not self.config.capture.loop)

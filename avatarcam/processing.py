@@ -66,6 +66,8 @@ class FrameProcessor:
         self.engine, self.compositor, self.tracker, self.cropper = engine, compositor, tracker, cropper
         self.stats = stats or Stats()
         self.crossfade_s = crossfade_s
+        # Voice-driven expression (avatarcam.audio.SyntheticDriver) used when the face is lost, or always.
+        self.voice: Any = None
         self._cache_size = cache_size
         self._prepared: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.avatar: Avatar | None = None
@@ -269,7 +271,12 @@ class FrameProcessor:
             side = min(w, h) / self._zoom
             box = Box(w / 2.0 + self._offset[0] * side, h / 2.0 + self._offset[1] * side, side)
         self.last_landmarks, self.last_box = result, box
-        return Drive(frame=frame, box=box, landmarks=result)
+        expression = None
+        if self.voice is not None:
+            tracked = result is not None and result.face is not None
+            if self.voice.applies(tracked):
+                expression = self.voice.current(frame.t_capture)
+        return Drive(frame=frame, box=box, landmarks=result, expression=expression)
 
     def animate(self, drive: Drive) -> np.ndarray:
         """Engine output (before compositing) for ``drive`` against the current avatar."""

@@ -21,6 +21,9 @@ class Drive:
     frame: Frame
     box: Box
     landmarks: LandmarkResult | None = None
+    #: A synthetic expression (voice-driven mouth, idle blinks and head motion; an
+    #: ``avatarcam.audio.SyntheticExpression``) to show instead of the tracked face, when set.
+    expression: Any = None
 
     def crop(self, size: int) -> np.ndarray:
         """The driver's square crop, ``size x size x 3`` uint8 RGB."""
