@@ -20,6 +20,32 @@ def feather_mask(size: int, feather: float = 0.12) -> np.ndarray:
     return m[..., None]
 
 
+def _region(photo_shape: tuple[int, ...], box: Box) -> tuple[int, int, int, int]:
+    h, w = photo_shape[:2]
+    x0 = max(0, int(np.floor(box.x0)))
+    y0 = max(0, int(np.floor(box.y0)))
+    x1 = min(w, int(np.ceil(box.x0 + box.side)))
+    y1 = min(h, int(np.ceil(box.y0 + box.side)))
+    return x0, y0, x1, y1
+
+
+def _crop_to_region(box: Box, size: int, x0: int, y0: int) -> np.ndarray:
+    """2 x 3 matrix from crop pixels to region pixels (the crop matrix inverted, shifted to the region)."""
+    s = box.side / size
+    return np.array([[s, 0.0, box.x0 - x0], [0.0, s, box.y0 - y0]], dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _feather_alpha(size: int, box: Box, photo_shape: tuple[int, ...]) -> np.ndarray:
+    """The default feathered mask warped into the photo region (fixed per avatar, so computed once)."""
+    x0, y0, x1, y1 = _region(photo_shape, box)
+    m = _crop_to_region(box, size, x0, y0)
+    alpha = cv2.warpAffine(feather_mask(size)[..., 0], m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    alpha.setflags(write=False)
+    return alpha
+
+
 def paste_back(photo: np.ndarray, crop: np.ndarray, box: Box, mask: np.ndarray | None = None) -> np.ndarray:
     """Warp ``crop`` (``S x S x 3`` uint8) back into ``photo`` at ``box`` and blend with ``mask``.
 
@@ -27,29 +53,21 @@ def paste_back(photo: np.ndarray, crop: np.ndarray, box: Box, mask: np.ndarray |
     the region the box covers is touched, so the cost scales with the face, not the photo.
     """
     size = crop.shape[0]
-    if mask is None:
-        mask = feather_mask(size)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    h, w = photo.shape[:2]
-    x0 = max(0, int(np.floor(box.x0)))
-    y0 = max(0, int(np.floor(box.y0)))
-    x1 = min(w, int(np.ceil(box.x0 + box.side)))
-    y1 = min(h, int(np.ceil(box.y0 + box.side)))
+    x0, y0, x1, y1 = _region(photo.shape, box)
     if x1 <= x0 or y1 <= y0:
         return photo.copy()
-    # Map crop pixels -> region pixels (inverse of the crop matrix, shifted to the region origin).
-    s = box.side / size
-    m = np.array([[s, 0.0, box.x0 - x0], [0.0, s, box.y0 - y0]], dtype=np.float64)
+    m = _crop_to_region(box, size, x0, y0)
     rw, rh = x1 - x0, y1 - y0
     warped = cv2.warpAffine(crop, m, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask.astype(np.float32), m, (rw, rh), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    if alpha.ndim == 2:
-        alpha = alpha[..., None]
+    if mask is None:
+        alpha = _feather_alpha(size, box, photo.shape)
+    else:
+        alpha = cv2.warpAffine(np.ascontiguousarray(mask.reshape(size, size), dtype=np.float32), m, (rw, rh),
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     out = photo.copy()
-    region = out[y0:y1, x0:x1].astype(np.float32)
-    out[y0:y1, x0:x1] = (region + alpha * (warped.astype(np.float32) - region) + 0.5).astype(np.uint8)
+    region = out[y0:y1, x0:x1]
+    # blendLinear computes (a*w1 + b*w2) / (w1 + w2) per pixel in one pass over uint8 data.
+    out[y0:y1, x0:x1] = cv2.blendLinear(warped, np.ascontiguousarray(region), alpha, 1.0 - alpha)
     return out
 
 
