@@ -1,0 +1,249 @@
+"""The mesh engine on real photos and real driving landmarks: identity at the neutral, mouth, pose,
+eyes, sizes, untouched background, the warp itself and the GPU resampling path (run on CPU)."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from avatarcam.avatars.library import load_avatar, prepare_avatar
+from avatarcam.engines.base import Drive
+from avatarcam.engines.mesh import MeshEngine
+from avatarcam.engines.mesh import topology as tp
+from avatarcam.engines.mesh.retarget import FaceFrame, _jaw_weights
+from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
+from avatarcam.errors import EngineError
+from avatarcam.frame import Frame
+from avatarcam.geometry import Box
+from avatarcam.landmarks import TrackerConfig, create_tracker, face_signals
+from avatarcam.landmarks.types import FaceLandmarks, LandmarkResult
+
+
+@pytest.fixture(scope="module")
+def avatar(data_dir, tmp_path_factory):
+    return load_avatar(data_dir / "avatar_obama_photo.jpg", cache_dir=tmp_path_factory.mktemp("mesh-cache"))
+
+
+@pytest.fixture(scope="module")
+def judge():
+    with create_tracker(TrackerConfig(), mode="image") as tracker:
+        yield tracker
+
+
+@pytest.fixture(scope="module")
+def driver(driving_video):
+    """(frame RGB, landmarks N x 3) of the most closed-mouth frame among the first 60 of the video."""
+    cap = cv2.VideoCapture(str(driving_video))
+    best = None
+    with create_tracker(TrackerConfig(), mode="video") as tracker:
+        for i in range(60):
+            ok, bgr = cap.read()
+            assert ok, "driving video too short"
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            face = tracker.detect(rgb, i * 40).face
+            assert face is not None
+            gap = face_signals(face).mouth_open
+            if best is None or gap < best[0]:
+                best = (gap, rgb, face.points.astype(np.float64))
+    cap.release()
+    assert best[0] < 0.03, f"expected a closed mouth in the first 60 frames, best gap {best[0]:.3f}"
+    return best[1], best[2]
+
+
+def drive_of(image: np.ndarray, points: np.ndarray | None, index: int = 0) -> Drive:
+    h, w = image.shape[:2]
+    faces = () if points is None else (FaceLandmarks(points.astype(np.float32)),)
+    return Drive(frame=Frame(image, index), box=Box.centered(w, h), landmarks=LandmarkResult(faces, (w, h)))
+
+
+def opened(points: np.ndarray, amount: float) -> np.ndarray:
+    """``points`` with the jaw and lower lip moved down by ``amount`` inter-ocular distances."""
+    f = FaceFrame.of(points)
+    return points + np.outer(_jaw_weights(points, f.axes) * amount * f.iod, f.axes[:, 1])
+
+
+def rotated(points: np.ndarray, degrees: float) -> np.ndarray:
+    """``points`` turned in the image plane about their centre (positive = clockwise on screen)."""
+    a = math.radians(degrees)
+    c = points[:, :2].mean(axis=0)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    out = points.copy()
+    out[:, :2] = (points[:, :2] - c) @ rot.T + c
+    return out
+
+
+@pytest.mark.parametrize("output", ["crop", "photo"])
+def test_identity_when_driver_is_the_neutral(avatar, driver, output):
+    image, points = driver
+    engine = MeshEngine(output=output, size=512, neutral_frames=3)
+    prepared = engine.prepare(avatar)
+    rest = avatar.crop(512) if output == "crop" else avatar.image
+    for i in range(5):  # calibration frames, then frames after it: all the same pose and expression
+        out = engine.animate(prepared, drive_of(image, points, i))
+        assert out.shape == rest.shape and out.dtype == np.uint8
+        diff = np.abs(out.astype(int) - rest.astype(int))
+        assert diff.max() <= 1, f"frame {i}: output differs from the photo by up to {diff.max()} levels"
+
+
+def test_synthetic_mouth_opening_opens_the_avatars_mouth(avatar, driver, judge):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=512, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    closed = engine.animate(prepared, drive_of(image, points, 0))
+    wide = engine.animate(prepared, drive_of(image, opened(points, 0.25), 1))
+    m_closed = face_signals(judge.detect(closed).face).mouth_open
+    m_open = face_signals(judge.detect(wide).face).mouth_open
+    assert m_closed < 0.05, m_closed
+    assert m_open > m_closed + 0.1, (m_closed, m_open)
+    # The cavity is dark: the mouth region got darker than in the rest image.
+    lips = engine.targets(prepared, opened(points, 0.25))[1][tp.MOUTH_POLYGON, :2]
+    mask = np.zeros(wide.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(lips).astype(np.int32)], 1)
+    assert wide[mask > 0].mean() < closed[mask > 0].mean() - 20
+
+
+def test_head_roll_is_transferred(avatar, driver, judge):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=512, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    rest = face_signals(judge.detect(engine.animate(prepared, drive_of(image, points, 0))).face).roll
+    tilted = face_signals(judge.detect(engine.animate(prepared, drive_of(image, rotated(points, 10.0), 1))).face).roll
+    assert tilted - rest == pytest.approx(10.0, abs=2.0)
+
+
+def test_closed_driver_eyes_close_the_avatars_eyes(avatar, driver, judge):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=512, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    rest = face_signals(judge.detect(engine.animate(prepared, drive_of(image, points, 0))).face)
+    blink = points.copy()
+    for pairs in (tp.EYE_RIGHT_PAIRS, tp.EYE_LEFT_PAIRS):
+        blink[pairs[:, 0]] += 0.9 * (points[pairs[:, 1]] - points[pairs[:, 0]])  # upper lids down
+    shut = face_signals(judge.detect(engine.animate(prepared, drive_of(image, blink, 1))).face)
+    for side in ("eye_open_left", "eye_open_right"):
+        assert getattr(shut, side) < 0.6 * getattr(rest, side), (side, getattr(rest, side), getattr(shut, side))
+
+
+def test_background_and_body_stay_put_in_photo_output(avatar, driver):
+    image, points = driver
+    engine = MeshEngine(output="photo", neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    engine.animate(prepared, drive_of(image, points, 0))
+    moved = opened(rotated(points, 12.0), 0.2)
+    moved[:, 0] += 15.0
+    out = engine.animate(prepared, drive_of(image, moved, 1))
+    photo = avatar.image
+    x0, y0, x1, y1 = prepared.window
+    changed = np.any(out != photo, axis=2)
+    assert changed[y0:y1, x0:x1].mean() > 0.2  # the head did move
+    outside = changed.copy()
+    outside[y0:y1, x0:x1] = False
+    assert not outside.any(), "pixels outside the animated region changed"
+    # Everything well below the chin (shoulders, suit) is untouched.
+    chin = avatar.face.landmarks[152, 1]
+    iod = float(np.linalg.norm(avatar.face.landmarks[33, :2] - avatar.face.landmarks[263, :2]))
+    assert not changed[int(chin + 0.8 * iod):].any()
+
+
+@pytest.mark.parametrize("shape, size, output", [((601, 931), 257, "crop"), ((931, 601), 255, "photo"),
+                                                 ((647, 645), 127, "crop")])
+def test_odd_sizes_and_non_square_photos(avatar, driver, tmp_path, shape, size, output):
+    image, points = driver
+    h, w = shape
+    photo = avatar.image
+    canvas = np.full((h, w, 3), 90, np.uint8)
+    ph, pw = photo.shape[:2]
+    # Paste the photo so that the face is inside the canvas.
+    cy, cx = avatar.face.landmarks[:, 1].mean(), avatar.face.landmarks[:, 0].mean()
+    oy, ox = int(h / 2 - cy), int(w / 2 - cx)
+    ys, xs = slice(max(oy, 0), min(oy + ph, h)), slice(max(ox, 0), min(ox + pw, w))
+    canvas[ys, xs] = photo[ys.start - oy: ys.stop - oy, xs.start - ox: xs.stop - ox]
+    av = prepare_avatar(canvas, name="odd", content_hash=f"odd-{h}x{w}", cache_dir=tmp_path)
+    engine = MeshEngine(output=output, size=size, neutral_frames=1)
+    prepared = engine.prepare(av)
+    for i, p in enumerate((points, opened(rotated(points, -8.0), 0.2))):
+        out = engine.animate(prepared, drive_of(image, p, i))
+        expected = (size, size, 3) if output == "crop" else canvas.shape
+        assert out.shape == expected and out.dtype == np.uint8
+        assert np.isfinite(out).all()
+
+
+def test_no_face_gives_the_rest_image_and_holds_then_eases(avatar, driver):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=256, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    assert np.array_equal(engine.animate(prepared, drive_of(image, None)), avatar.crop(256))
+    engine.animate(prepared, drive_of(image, points, 0))
+    moved = engine.animate(prepared, drive_of(image, opened(rotated(points, 10.0), 0.2), 1))
+    lost = [engine.animate(prepared, drive_of(image, None, 2 + i)) for i in range(60)]
+    rest = avatar.crop(256).astype(int)
+    dists = [np.abs(x.astype(int) - rest).mean() for x in (moved, *lost)]
+    assert dists[1] > 0.5 * dists[0]  # holds at first
+    assert dists[-1] < 0.1 * dists[0]  # then goes back to rest
+    assert all(b <= a + 1e-6 for a, b in zip(dists[1:], dists[2:]))
+
+
+def test_calibrate_takes_the_next_frame_as_neutral(avatar, driver):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=256, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    engine.animate(prepared, drive_of(image, points, 0))
+    tilted = rotated(points, 10.0)
+    assert not np.array_equal(engine.animate(prepared, drive_of(image, tilted, 1)), avatar.crop(256))
+    engine.calibrate()
+    out = engine.animate(prepared, drive_of(image, tilted, 2))
+    assert np.abs(out.astype(int) - avatar.crop(256).astype(int)).max() <= 1
+
+
+def test_warp_is_exact_for_an_affine_motion():
+    """Inner square moved by (3, -2) inside a fixed frame: inside it the backward map is exactly the
+    inverse shift; outside the frame it is zero."""
+    inner = np.array([[40, 40], [80, 40], [80, 80], [40, 80]], float)
+    outer = np.array([[10, 10], [110, 10], [110, 110], [10, 110]], float)
+    vertices = np.concatenate([inner, outer])
+    tris = [(0, 1, 2), (0, 2, 3)]
+    for k in range(4):  # ring between the squares
+        a, b = k, (k + 1) % 4
+        tris += [(a, b, 4 + b), (a, 4 + b, 4 + a)]
+    warp = MeshWarp(vertices=vertices, triangles=np.array(tris), size=(121, 121), step=2)
+    moves = np.zeros_like(vertices)
+    moves[:4] = (3.0, -2.0)
+    table = warp.map(moves)
+    assert table.shape == (121, 121, 2)
+    ident = np.dstack(np.meshgrid(np.arange(121), np.arange(121))).astype(np.float32)
+    disp = table - ident
+    np.testing.assert_allclose(disp[50:70, 50:70], np.broadcast_to((-3.0, 2.0), (20, 20, 2)), atol=1e-4)
+    assert np.abs(disp[115:, :]).max() == 0 and np.abs(disp[:, :6]).max() == 0
+    np.testing.assert_allclose(warp.map(np.zeros_like(vertices)), ident, atol=1e-3)
+
+
+def test_torch_resampling_matches_opencv():
+    rng = np.random.default_rng(0)
+    source = cv2.GaussianBlur(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), (0, 0), 2)
+    table = np.dstack(np.meshgrid(np.linspace(-3, 72, 50), np.linspace(2, 80, 40))).astype(np.float32)
+    a = remap_cpu(source, table)
+    b = TorchRemap(source, "cpu")(table)
+    assert a.shape == b.shape == (40, 50, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_driver_mouth_fill_and_options(avatar, driver):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=256, mouth_fill="driver", neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    engine.animate(prepared, drive_of(image, points, 0))
+    out = engine.animate(prepared, drive_of(image, opened(points, 0.25), 1))
+    assert out.shape == (256, 256, 3)
+    for bad in ({"output": "video"}, {"mouth_fill": "paint"}, {"size": 8}, {"max_roll": 120.0},
+                {"neutral_frames": 0}, {"device": "tpu"}):
+        with pytest.raises(EngineError):
+            MeshEngine(**bad)
+
+
+def test_engine_factory_knows_mesh():
+    from avatarcam.engines import create_engine
+
+    engine = create_engine("mesh", size=128, output="crop", device="cpu")
+    assert isinstance(engine, MeshEngine) and engine.needs_landmarks
