@@ -12,7 +12,7 @@ from avatarcam.avatars.library import load_avatar, prepare_avatar
 from avatarcam.engines.base import Drive
 from avatarcam.engines.mesh import MeshEngine
 from avatarcam.engines.mesh import topology as tp
-from avatarcam.engines.mesh.retarget import FaceFrame, _jaw_weights
+from avatarcam.engines.mesh.retarget import FaceFrame, jaw_weights
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import EngineError
 from avatarcam.frame import Frame
@@ -61,7 +61,7 @@ def drive_of(image: np.ndarray, points: np.ndarray | None, index: int = 0) -> Dr
 def opened(points: np.ndarray, amount: float) -> np.ndarray:
     """``points`` with the jaw and lower lip moved down by ``amount`` inter-ocular distances."""
     f = FaceFrame.of(points)
-    return points + np.outer(_jaw_weights(points, f.axes) * amount * f.iod, f.axes[:, 1])
+    return points + np.outer(jaw_weights(points, f.axes) * amount * f.iod, f.axes[:, 1])
 
 
 def rotated(points: np.ndarray, degrees: float) -> np.ndarray:
@@ -247,3 +247,54 @@ def test_engine_factory_knows_mesh():
 
     engine = create_engine("mesh", size=128, output="crop", device="cpu")
     assert isinstance(engine, MeshEngine) and engine.needs_landmarks
+
+
+def test_synthetic_expression_drives_the_avatar_without_a_face(avatar, judge):
+    from avatarcam.audio.voice import SyntheticExpression
+
+    engine = MeshEngine(output="crop", size=512)
+    prepared = engine.prepare(avatar)
+    blank = np.zeros((240, 320, 3), np.uint8)
+
+    def show(**kw) -> np.ndarray:
+        values = {"mouth_open": 0.0, "blink": 0.0, "yaw": 0.0, "pitch": 0.0, "roll": 0.0, **kw}
+        drive = Drive(frame=Frame(blank, 0), box=Box.centered(320, 240), landmarks=None,
+                      expression=SyntheticExpression(**values))
+        return engine.animate(prepared, drive)
+
+    rest = show()  # no driver seen yet: relative to the avatar's own face, so the photo itself
+    assert np.abs(rest.astype(int) - avatar.crop(512).astype(int)).max() <= 1
+    s_rest = face_signals(judge.detect(rest).face)
+    s_talk = face_signals(judge.detect(show(mouth_open=1.0)).face)
+    s_blink = face_signals(judge.detect(show(blink=1.0)).face)
+    s_tilt = face_signals(judge.detect(show(roll=8.0)).face)
+    assert s_talk.mouth_open > s_rest.mouth_open + 0.1
+    assert s_blink.eye_open_left < 0.6 * s_rest.eye_open_left and s_blink.eye_open_right < 0.6 * s_rest.eye_open_right
+    assert s_tilt.roll - s_rest.roll == pytest.approx(8.0, abs=2.0)
+
+
+def test_calibration_round_trip(avatar, driver):
+    image, points = driver
+    engine = MeshEngine(output="crop", size=256, neutral_frames=2)
+    prepared = engine.prepare(avatar)
+    assert engine.get_calibration() is None
+    tilted = rotated(points, 10.0)
+    for i in range(2):
+        engine.animate(prepared, drive_of(image, tilted, i))
+    saved = engine.get_calibration()
+    assert saved is not None and saved["neutral"].shape == (478, 3)
+    other = MeshEngine(output="crop", size=256)
+    other.set_calibration(saved)
+    prepared2 = other.prepare(avatar)
+    # The restored neutral is the tilted face: showing it is the rest, showing the upright face is not.
+    assert np.abs(other.animate(prepared2, drive_of(image, tilted, 0)).astype(int) - avatar.crop(256).astype(int)).max() <= 1
+    assert not np.array_equal(other.animate(prepared2, drive_of(image, points, 1)), avatar.crop(256))
+    with pytest.raises(EngineError):
+        other.set_calibration({"neutral": np.zeros((5, 3))})
+    other.set_calibration(None)
+    assert other.get_calibration() is None
+
+
+def test_only_the_driver_fill_reads_driving_pixels():
+    assert MeshEngine(mouth_fill="synthetic").reads_drive_pixels is False
+    assert MeshEngine(mouth_fill="driver").reads_drive_pixels is True

@@ -12,7 +12,7 @@ from avatarcam.engines.base import Drive, Engine
 from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.eyes import EyelidPainter
 from avatarcam.engines.mesh.mouth import MouthPainter
-from avatarcam.engines.mesh.retarget import FaceFrame, Limits, Neutral, PairMapping, pair_gaps
+from avatarcam.engines.mesh.retarget import FaceFrame, Limits, Neutral, PairMapping, pair_gaps, synthetic_face
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import AvatarError, EngineError
 from avatarcam.geometry import Box, crop_square
@@ -81,14 +81,20 @@ def _eye_triangles(points2: np.ndarray, iris: int, upper: tuple[int, ...], lower
 
 
 class MeshEngine(Engine):
-    """Animates a photo from face landmarks: re-targeting + a mesh warp + painted mouth interior.
+    """Animates a photo from face landmarks: re-targeting (:mod:`.retarget`), a triangle-mesh warp
+    with rings that keep the body and background still (:mod:`.warp`), a painted mouth interior
+    (:mod:`.mouth`) and eyelids (:mod:`.eyes`). Needs MediaPipe's 478 refined landmarks.
 
     ``output``: ``photo`` (the whole avatar photo at its resolution) or ``crop`` (the square face
-    crop at ``size x size``). ``mouth_fill``: ``synthetic`` or ``driver``. ``max_yaw / max_pitch /
-    max_roll`` (degrees), ``max_shift`` (face sizes) and ``max_scale`` (fraction) bound the head
-    motion, softly. ``device``: ``cpu``, ``cuda`` or ``auto`` (the final resampling on a GPU when
-    one is available). ``neutral_frames``: tracked frames that make up the driver's neutral (also
-    after :meth:`calibrate`). ``grid_step``: warp grid spacing in pixels at a 512-pixel face crop.
+    crop at ``size x size``). ``mouth_fill``: ``synthetic`` (drawn cavity, teeth, tongue) or
+    ``driver`` (the driver's own mouth interior, colour-matched). ``max_yaw / max_pitch /
+    max_roll`` (degrees), ``max_shift`` (inter-ocular distances) and ``max_scale`` (fraction) bound
+    the head motion, softly. ``device``: ``cpu``, ``cuda`` or ``auto`` (the final resampling on a
+    GPU when torch sees one). ``neutral_frames``: tracked frames whose median is the driver's
+    neutral (again after :meth:`calibrate`; saved / restored by :meth:`get_calibration` /
+    :meth:`set_calibration`). ``grid_step``: warp grid spacing in pixels at a 512-pixel face crop.
+    A ``Drive.expression`` (voice-driven mouth, idle blinks and head motion) is shown instead of
+    the tracked face when set.
     """
 
     name = "mesh"
@@ -115,10 +121,14 @@ class MeshEngine(Engine):
         self.output, self.size, self.mouth_fill = output, int(size), mouth_fill
         self.neutral_frames, self.grid_step = int(neutral_frames), int(grid_step)
         self.device = self._pick_device(device)
+        # Only the driver mouth fill looks at the driving pixels; otherwise landmarks suffice (a
+        # remote worker can then run this engine from keypoints alone).
+        self.reads_drive_pixels = mouth_fill == "driver"
         self._neutral = Neutral(self.neutral_frames)
         self._scale = OneEuro(min_cutoff=SCALE_CUTOFF_HZ, beta=0.0, norm_axis=None)
         self._t = 0.0
         self._mapping: tuple[MeshAvatar, int, PairMapping] | None = None
+        self._self_mapping: tuple[MeshAvatar, int, PairMapping] | None = None
         self._last_moves: tuple[MeshAvatar, np.ndarray, np.ndarray] | None = None  # (avatar, moves, targets)
 
     @staticmethod
@@ -232,23 +242,53 @@ class MeshEngine(Engine):
         self._scale.reset()
         self._mapping = None
 
-    def _pair(self, prepared: MeshAvatar) -> PairMapping:
-        """The driver-neutral -> avatar mapping, rebuilt when either changes."""
+    def get_calibration(self) -> dict[str, np.ndarray] | None:
+        """The driver's neutral face as ``{"neutral": N x 3 float64 landmarks}``, once calibrated."""
+        if not self._neutral.complete:
+            return None
+        return {"neutral": self._neutral.frame.points.copy()}
+
+    def set_calibration(self, state: dict[str, np.ndarray] | None) -> None:
+        """Restore a neutral from :meth:`get_calibration` (None: calibrate on the next frames)."""
+        if state is None:
+            self.calibrate()
+            return
+        try:
+            self._neutral = Neutral.restored(state["neutral"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineError(f"saved mesh calibration is unusable ({exc}): press calibrate again") from exc
+        self._scale.reset()
+        self._mapping = None
+
+    def _pair(self, prepared: MeshAvatar, neutral: FaceFrame | None = None) -> PairMapping:
+        """The driver-neutral -> avatar mapping, rebuilt when either changes. With ``neutral`` (the
+        avatar's own face, for synthetic expressions before any driver was seen) a separate one."""
+        if neutral is not None:
+            m = self._self_mapping
+            if m is None or m[0] is not prepared:
+                self._self_mapping = m = (prepared, 0, PairMapping(neutral, prepared.face, self.limits))
+            return m[2]
         m = self._mapping
         if m is None or m[0] is not prepared or m[1] != self._neutral.version:
             self._mapping = (prepared, self._neutral.version, PairMapping(self._neutral.frame, prepared.face, self.limits))
         return self._mapping[2]
 
-    def targets(self, prepared: MeshAvatar, points: np.ndarray, t: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def targets(self, prepared: MeshAvatar, points: np.ndarray, t: float | None = None, *,
+                synthetic: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per-vertex moves (``V x 2``, window pixels) and target landmarks (``N x 3``) for driver
         ``points`` (``N x 3`` pixels of the driving frame) at time ``t`` (seconds; None: a new
-        frame 1/30 s after the last)."""
+        frame 1/30 s after the last). ``synthetic``: made-up points (:func:`synthetic_face`), which
+        neither calibrate nor adapt the neutral; before any calibration they are relative to the
+        avatar's own face."""
         p = np.asarray(points, dtype=np.float64)
-        if not self._neutral.complete:
-            self._neutral.add(p)
-        mapping = self._pair(prepared)
+        if synthetic:
+            mapping = self._pair(prepared, None if self._neutral.frame is not None else prepared.face)
+        else:
+            if not self._neutral.complete:
+                self._neutral.add(p)
+            mapping = self._pair(prepared)
         expr, raw, gap = mapping.expression(p)
-        if gap < self._neutral.rest_gap - 0.01 * mapping.neutral.iod:
+        if not synthetic and gap < self._neutral.rest_gap - 0.01 * mapping.neutral.iod:
             # Closed further than the neutral: that is the real rest (used from the next frame on).
             self._neutral.close_mouth_to(gap)
         pose, rot = mapping.pose(raw)
@@ -268,10 +308,20 @@ class MeshEngine(Engine):
         return moves, target
 
     def animate(self, prepared: MeshAvatar, drive: Drive) -> np.ndarray:
+        """Render ``drive``: its tracked face, or its synthetic ``expression`` when set (that wins),
+        or, with neither, the last motion easing back to the rest pose."""
         face = drive.landmarks.face if drive.landmarks is not None else None
         if face is not None and len(face.points) < tp.N_LANDMARKS:
             raise EngineError(f"the mesh engine needs MediaPipe's {tp.N_LANDMARKS} refined landmarks, the "
                               f"tracker gave {len(face.points)}: use the mediapipe backend with refine=True")
+        expression = drive.expression
+        if expression is not None:
+            base = self._neutral.frame if self._neutral.frame is not None else prepared.face
+            points = synthetic_face(base, mouth_open=expression.mouth_open, blink=expression.blink,
+                                    yaw=expression.yaw, pitch=expression.pitch, roll=expression.roll)
+            moves, target = self.targets(prepared, points, drive.frame.t_capture, synthetic=True)
+            self._last_moves = (prepared, moves, target)
+            return self.render(prepared, moves, target)
         if face is not None:
             moves, target = self.targets(prepared, face.points, drive.frame.t_capture)
             self._last_moves = (prepared, moves, target)

@@ -1,10 +1,12 @@
 """Closed eyes: the eyelid drawn down over the eye.
 
-The warp alone closes an eye by folding the opening into a line, which leaves the lid crease and
-the lashes of the open eye squeezed into a dark band that still reads as a slit. A real closing
-lid unfolds skin from the crease. So, as an eye closes, the lid region (between the crease ring
-and the lash line, in target positions) is blended toward the avatar's lid skin tone, keeping
-some of the warped texture, and a thin lash line is drawn along the lid edge.
+The warp alone closes an eye by folding the opening into a line, which leaves the crease shadow
+and the lashes of the open eye stretched into a dark band that still reads as a slit. A real
+closing lid unfolds skin from the crease. So, as an eye closes (from 15 % closure on, fully from
+70 %), the lid region in target positions is blended toward the avatar's lid skin tone (sampled
+under the eye and under the brow), keeping some of the warped texture: fading in from under the
+brow to the crease (no outline of its own) and full from the crease to the lid edge; a thin lash
+line is drawn along the lid edge.
 """
 from __future__ import annotations
 

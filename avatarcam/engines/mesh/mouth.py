@@ -2,9 +2,10 @@
 
 Two fills, both blended into the inner-lip polygon with a feathered edge:
 
-- ``synthetic``: a dark cavity shaded toward the back, the upper teeth as a light band under the
-  upper lip (fading into the corners), and a tongue at the bottom once the mouth is open enough;
-  colours derive from the avatar's own lips and skin (grey for black-and-white photos);
+- ``synthetic``: a dark cavity shaded toward the back, a row of upper teeth hanging from the upper
+  lip (individual teeth around an arch, shadowed toward the corners), a dimmer row of lower teeth,
+  and a tongue once the mouth is wide open; colours derive from the avatar's own lips and skin
+  (grey for black-and-white photos);
 - ``driver``: the driver's own mouth interior, mapped onto the avatar's lips by the affine fit
   between the two inner-lip outlines, and colour-matched to the avatar's skin.
 """
@@ -81,7 +82,7 @@ class MouthPainter:
         sigma = max(0.5, 0.012 * width)
         mask = cv2.GaussianBlur(mask, (0, 0), sigma) * strength
         if driver is not None and self.mode == "driver":
-            fill = self._driver_fill(driver, local, poly, (x0, y0), (rw, rh))
+            fill = self._driver_fill(driver, local, (rw, rh))
         else:
             fill = self._synthetic(points, (x0, y0), (rw, rh), width)
         roi = out[y0:y1, x0:x1].astype(np.float32)
@@ -140,8 +141,10 @@ class MouthPainter:
         fill = fill + (self.tongue - fill) * hump[..., None] * 0.85
         return fill
 
-    def _driver_fill(self, driver: tuple[np.ndarray, np.ndarray], local: np.ndarray, poly: np.ndarray,
-                     origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    def _driver_fill(self, driver: tuple[np.ndarray, np.ndarray], local: np.ndarray,
+                     size: tuple[int, int]) -> np.ndarray:
+        """The driver's mouth interior warped onto ``local`` (the avatar's inner-lip polygon in ROI
+        pixels), colour-matched by the avatar / driver skin ratio per channel."""
         frame, dpts = driver
         src = dpts[tp.MOUTH_POLYGON, :2].astype(np.float64)
         # Affine from the driver's inner lips to the avatar's (least squares, 3 x 2).

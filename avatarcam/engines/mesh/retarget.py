@@ -106,7 +106,7 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _jaw_weights(q: np.ndarray, axes: np.ndarray) -> np.ndarray:
+def jaw_weights(q: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """How much each point follows the jaw when the mouth opens (``N``, 0..1), from the neutral
     face ``q``: the lower lip fully, the chin and the jaw below the mouth fading toward the ears."""
     iod = _iod(q)
@@ -192,15 +192,27 @@ class Neutral:
     def complete(self) -> bool:
         return len(self._aligned) >= self.frames
 
+    @classmethod
+    def restored(cls, points: np.ndarray) -> "Neutral":
+        """A complete neutral from a saved one (``N x 3``, e.g. from ``Neutral.frame.points``)."""
+        p = np.asarray(points, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] < tp.N_LANDMARKS or p.shape[1] != 3 or not np.isfinite(p).all():
+            raise ValueError(f"a saved neutral must be N x 3 finite landmarks with N >= {tp.N_LANDMARKS}, "
+                             f"got shape {p.shape}")
+        n = cls(1)
+        f = FaceFrame.of(p)
+        n._aligned = [p]
+        n._poses = [(1.0, np.eye(3), np.zeros(3))]
+        n._gaps = [pair_gaps(p, tp.LIP_PAIRS, f.axes[:, 1])]
+        n._jaw = jaw_weights(p, f.axes)
+        n.frame = f
+        n.version = 1
+        return n
+
     def add(self, points: np.ndarray) -> bool:
         p = np.asarray(points, dtype=np.float64)
-        if not self._aligned:
-            ref = p
-            pose = (1.0, np.eye(3), np.zeros(3))
-        else:
-            ref = self._aligned[0]
-            s, rot, t = similarity(ref[RIGID], p[RIGID])
-            pose = (s, rot, t)
+        # Every frame is aligned to the first on the rigid points (its pose relative to frame 0).
+        pose = similarity(self._aligned[0][RIGID], p[RIGID]) if self._aligned else (1.0, np.eye(3), np.zeros(3))
         s, rot, t = pose
         aligned = ((p - t) @ rot) / s  # undo the pose: R^T (p - t) / s, row-wise
         self._aligned.append(aligned)
@@ -218,7 +230,7 @@ class Neutral:
         t = np.mean([p[2] for p in self._poses], axis=0)
         q = (s * median @ rot.T) + t
         axes = head_axes(q)
-        self._jaw = _jaw_weights(q, axes)
+        self._jaw = jaw_weights(q, axes)
         # A neutral mouth is closed: rest at the most-closed gap seen, and at most nearly touching.
         rest = np.minimum(np.percentile(np.stack(self._gaps), 10, axis=0), REST_GAP * _iod(self._aligned[0])) * s
         self.frame = FaceFrame.of(self._close(q, axes, rest))
@@ -249,6 +261,29 @@ class Neutral:
         self.version += 1
 
 
+# A synthetic expression's mouth_open = 1 opens the inner lips this far (inter-ocular distances).
+SYNTHETIC_MOUTH = 0.35
+
+
+def synthetic_face(base: FaceFrame, *, mouth_open: float, blink: float, yaw: float, pitch: float,
+                   roll: float) -> np.ndarray:
+    """Landmarks (``N x 3``) of the rest face ``base`` wearing a made-up expression, for driving the
+    avatar without a tracked face (voice-driven mouth, idle blinks and head motion):
+    ``mouth_open`` and ``blink`` in [0, 1], angles in degrees in the conventions of
+    :mod:`avatarcam.landmarks.signals`, relative to ``base``."""
+    p = base.points.copy()
+    down = base.axes[:, 1]
+    p += np.outer(jaw_weights(p, base.axes) * (SYNTHETIC_MOUTH * float(np.clip(mouth_open, 0.0, 1.0)) * base.iod),
+                  down)
+    b = float(np.clip(blink, 0.0, 1.0))
+    for pairs in (tp.EYE_RIGHT_PAIRS, tp.EYE_LEFT_PAIRS):
+        p[pairs[:, 0]] += b * (p[pairs[:, 1]] - p[pairs[:, 0]])
+    head = Rotation.from_euler("YXZ", [-math.radians(yaw), -math.radians(pitch), math.radians(roll)]).as_matrix()
+    rot = base.axes @ head @ base.axes.T
+    centre = p[RIGID].mean(axis=0)
+    return (p - centre) @ rot.T + centre
+
+
 @dataclass(frozen=True)
 class Pose:
     """The driver's head motion relative to the neutral, after limits: angles in degrees
@@ -273,7 +308,7 @@ class PairMapping:
         self.pivot_q = self._pivot(neutral)
         self.pivot_a = self._pivot(avatar)
         wm, wr, wl, self._ws = _region_weights()
-        self._jaw = _jaw_weights(q, neutral.axes)
+        self._jaw = jaw_weights(q, neutral.axes)
 
         def ratio(av: float, dr: float, lo: float, hi: float) -> float:
             return float(np.clip(av / max(self.s_a * dr, 1e-6), lo, hi))

@@ -2,14 +2,16 @@
 
 Backward mapping needs, for every output pixel, the source pixel it shows. Inside each *target*
 triangle that is one affine map of the output position, so the backward map is found by
-rasterising the target triangles on a coarse grid every frame, fully vectorised: every
-(triangle, grid point in its bounding box) pair at once, barycentric coordinates, inside test,
-and where the moved mesh overlaps itself (a fold at the far side of a turned face) the triangle
-nearest to the camera wins. This is exact at the grid points and cannot fail where the warp
-compresses (a closing eye) or stretches (an opening mouth), unlike inverting the forward
-displacement iteratively. The coarse backward displacement is upsampled to full resolution and
-applied with a single ``cv2.remap`` (or ``grid_sample`` on a GPU). With zero displacement the map
-is exactly the integer pixel grid, so the output is the input.
+rasterising the moved (target) triangles every frame on coarse grids, fully vectorised with no
+Python loop over triangles: per frame one affine map per triangle, then per grid every (triangle,
+grid row) pair with the span of columns it covers, then every covered grid point. Where the moved
+mesh overlaps itself (a fold at the far side of a turned face) the triangle nearest the camera
+wins. This is exact at the grid points and cannot fail where the warp compresses (a closing eye)
+or stretches (an opening mouth), unlike inverting the forward displacement iteratively. Three
+grid levels (coarse for the whole window, finer for the face, finest for eyes and lips) are
+upsampled bilinearly into one full-resolution table, applied with a single ``cv2.remap`` (or
+``grid_sample`` on a GPU). With zero displacement the table is the pixel grid itself, so the
+output is the input.
 """
 from __future__ import annotations
 
