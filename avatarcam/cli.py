@@ -97,7 +97,8 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--width", type=int, help="output width (default 1280)")
     o.add_argument("--height", type=int, help="output height (default 720)")
     o.add_argument("--fps", type=float, help="output fps (default 30)")
-    o.add_argument("--fit", choices=["letterbox", "crop", "stretch"])
+    o.add_argument("--fit", choices=["face", "letterbox", "crop", "stretch"],
+                   help="face: frame the photo around the face (default); letterbox: whole photo")
     o.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the output")
     o.add_argument("--sink", action="append", choices=["virtualcam", "window", "file", "null"],
                    help="output(s); repeatable (default: virtualcam and window)")

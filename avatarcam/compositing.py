@@ -72,23 +72,56 @@ def paste_back(photo: np.ndarray, crop: np.ndarray, box: Box, mask: np.ndarray |
 
 
 class Compositor:
-    """Fits engine output into the output canvas (letterbox / crop / stretch) and mirrors it."""
+    """Fits engine output into the output canvas and mirrors it.
 
-    def __init__(self, *, width: int | None, height: int | None, fit: str = "letterbox", mirror: bool = False) -> None:
+    ``fit``: ``face`` (default) frames the avatar photo around its face at the output's aspect ratio,
+    so a tall portrait still fills a 16:9 call with the face large; ``letterbox`` keeps everything and
+    pads; ``crop`` fills the canvas and cuts the overflow; ``stretch`` ignores the aspect ratio. ``face``
+    needs the face box (``focus``); without one (a square face crop, the real camera) it letterboxes.
+    """
+
+    #: in ``face`` framing, the face box's side as a share of the window height
+    FACE_SHARE = 0.42
+
+    def __init__(self, *, width: int | None, height: int | None, fit: str = "face", mirror: bool = False) -> None:
         """``width``/``height`` None keeps the engine's own output size (offline rendering)."""
         self.width, self.height, self.fit, self.mirror = width, height, fit, mirror
 
-    def compose(self, image: np.ndarray) -> np.ndarray:
-        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, self.fit)
+    def window(self, size: tuple[int, int], focus: Box | None) -> tuple[int, int, int, int] | None:
+        """The part (x0, y0, x1, y1) of a ``size`` = (w, h) image that ``face`` framing shows, or None."""
+        if self.fit != "face" or focus is None or self.width is None or self.height is None:
+            return None
+        w, h = size
+        aspect = self.width / self.height
+        wh = min(focus.side / self.FACE_SHARE, h)
+        ww = min(wh * aspect, w)
+        wh = min(ww / aspect, h)
+        x0 = min(max(focus.cx - ww / 2.0, 0.0), w - ww)
+        y0 = min(max(focus.cy - wh * 0.45, 0.0), h - wh)  # face a little above the middle, like a webcam
+        x0, y0 = int(round(x0)), int(round(y0))
+        return x0, y0, min(w, x0 + int(round(ww))), min(h, y0 + int(round(wh)))
+
+    def compose(self, image: np.ndarray, focus: Box | None = None) -> np.ndarray:
+        win = self.window((image.shape[1], image.shape[0]), focus)
+        if win is not None:
+            x0, y0, x1, y1 = win
+            image = image[y0:y1, x0:x1]
+        fit = "letterbox" if self.fit == "face" else self.fit
+        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, fit)
         if self.mirror:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
 
-    def map_points(self, points: np.ndarray, src_size: tuple[int, int]) -> np.ndarray:
+    def map_points(self, points: np.ndarray, src_size: tuple[int, int], focus: Box | None = None) -> np.ndarray:
         """Where ``points`` (``N x 2+`` pixels of a ``src_size`` = (w, h) image) land in what
         :meth:`compose` makes of that image: ``N x 2`` float32 output pixels (preview overlays)."""
         w, h = src_size
         xy = np.asarray(points, dtype=np.float32)[:, :2]
+        win = self.window(src_size, focus)
+        if win is not None:
+            xy = xy - np.array([win[0], win[1]], np.float32)
+            w, h = win[2] - win[0], win[3] - win[1]
+        fit = "letterbox" if self.fit == "face" else self.fit
         if self.width is None or self.height is None:
             out_w, sx, sy, ox, oy = w, 1.0, 1.0, 0.0, 0.0
         else:
@@ -96,14 +129,14 @@ class Compositor:
             if (w, h) == (out_w, out_h):
                 sx = sy = 1.0
                 ox = oy = 0.0
-            elif self.fit == "stretch":
+            elif fit == "stretch":
                 sx, sy, ox, oy = out_w / w, out_h / h, 0.0, 0.0
             else:
                 # The same arithmetic as geometry.fit_into, so points sit on the pixels they belong to.
-                scale = min(out_w / w, out_h / h) if self.fit == "letterbox" else max(out_w / w, out_h / h)
+                scale = min(out_w / w, out_h / h) if fit == "letterbox" else max(out_w / w, out_h / h)
                 nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
                 sx, sy = nw / w, nh / h
-                if self.fit == "letterbox":
+                if fit == "letterbox":
                     ox, oy = float((out_w - nw) // 2), float((out_h - nh) // 2)
                 else:
                     ox, oy = -float((nw - out_w) // 2), -float((nh - out_h) // 2)

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-FITS = ("letterbox", "crop", "stretch")
+FITS = ("face", "letterbox", "crop", "stretch")
 SINKS = ("virtualcam", "window", "file", "null")
 
 
@@ -81,7 +81,7 @@ class OutputConfig:
     width: int = 1280
     height: int = 720
     fps: float = 30.0
-    fit: str = "letterbox"
+    fit: str = "face"
     mirror: bool = False
 
     def __post_init__(self) -> None:

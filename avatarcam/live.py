@@ -74,7 +74,8 @@ class LiveSession:
                 open_source=source_factory or (lambda: open_source(config.capture)),
                 processor=self.processor, sinks=self.sinks, fps=config.output.fps,
                 retry_s=config.capture.retry_s, show_stats=config.stats,
-                placeholder=self.compositor.compose(self.avatar.image))
+                placeholder=self.compositor.compose(
+                    self.avatar.image, self.avatar.face.box if self.avatar.face is not None else None))
             settings = SettingsStore(folder=controls.settings_dir) if controls.persist else None
             self.controller = Controller(
                 processor=self.processor, pipeline=self.pipeline, avatars=switchable, reload=reload,

@@ -320,7 +320,10 @@ class FrameProcessor:
                 done, self._calibrated = self._calibrated, None
                 done()
         t0 = time.perf_counter()
-        out = self.compositor.compose(image)
+        avatar = self.avatar
+        focus = (avatar.face.box if avatar is not None and avatar.face is not None
+                 and image.shape[:2] == avatar.image.shape[:2] else None)
+        out = self.compositor.compose(image, focus)
         if self._fade is not None:
             start, old = self._fade
             t = (time.perf_counter() - start) / self.crossfade_s
@@ -354,6 +357,8 @@ class FrameProcessor:
         driver_pts = face.points[:, :2].astype(np.float32) if face is not None else None
         avatar_pts = avatar.face.landmarks[:, :2].astype(np.float32) if avatar.face is not None else None
         ghost = None
+        photo, abox = False, avatar.box
+        focus = avatar.face.box if avatar.face is not None else None
         if real_camera:
             avatar_pts = None  # the camera frame has no avatar in it
         else:
@@ -361,7 +366,6 @@ class FrameProcessor:
             if driver_pts is not None:
                 driver_pts = (driver_pts - (drive.box.x0, drive.box.y0)) / side  # in crop units [0, 1]
             photo = self._output_is_photo(image)
-            abox = avatar.box
             if photo:
                 if driver_pts is not None:
                     driver_pts = driver_pts * abox.side + (abox.x0, abox.y0)
@@ -373,12 +377,13 @@ class FrameProcessor:
             key = (avatar.content_hash, photo, w, h, self.compositor.mirror)
             ghost = self._ghosts.get(key)
             if ghost is None:
-                self._ghosts = {key: self.compositor.compose(avatar.image if photo else avatar.crop(w))}
+                self._ghosts = {key: self.compositor.compose(avatar.image if photo else avatar.crop(w),
+                                                             focus if photo else None)}
                 ghost = self._ghosts[key]
         points = []
         for pts, colour in ((avatar_pts, AVATAR_COLOUR), (driver_pts, DRIVER_COLOUR)):
             if pts is not None:
-                points.append((self.compositor.map_points(pts, (w, h)), colour))
+                points.append((self.compositor.map_points(pts, (w, h), focus if photo else None), colour))
         return PreviewLayers(ghost=ghost, points=tuple(points))
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ def _fmt(v) -> str:
 
 
 def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, seconds: float,
-               fps: float) -> list[dict]:
+               fps: float, output: str = "photo") -> list[dict]:
     """Per engine: offline throughput (every frame, as fast as possible) and live latency (paced loop)."""
     import dataclasses
 
@@ -74,7 +74,7 @@ def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, 
     rows = []
     av = load_avatar(avatar)
     for name in engines:
-        ecfg = EngineConfig(name=name, **({"size": size} if size else {}))
+        ecfg = EngineConfig(name=name, output=output, **({"size": size} if size else {}))
         config = AppConfig(engine=ecfg, output=OutputConfig(fps=fps))
         engine = create_engine(name, **engine_options(config))
         tracker = build_tracker(config)
@@ -92,7 +92,7 @@ def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, 
                 p.run(duration=seconds, until_input_ends=False)
             snap = p.stats.snapshot()
             rows.append({
-                "engine": name, "size": ecfg.size, "throughput_fps": thr,
+                "engine": name, "size": ecfg.size, "output": output, "throughput_fps": thr,
                 "landmarks_ms": stage.get("landmarks", {}).get("p50"), "engine_ms": stage.get("engine", {}).get("p50"),
                 "compose_ms": stage.get("compose", {}).get("p50"),
                 "live_in_fps": snap.input_fps, "live_engine_fps": snap.engine_fps, "live_out_fps": snap.output_fps,
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     ap.add_argument("--avatar", type=Path, default=DEFAULT_AVATAR)
     ap.add_argument("--size", type=int)
+    ap.add_argument("--output-mode", choices=["photo", "crop"], default="photo",
+                    help="engine output: the whole avatar photo (app default) or the face crop")
     ap.add_argument("--seconds", type=float, default=8.0, help="live-loop measurement time per engine")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--frames", type=int, default=120, help="tracker frames per video")
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine()}
     print(json.dumps(results["machine"]))
     if args.section in ("loop", "all"):
-        rows = bench_loop(args.engines, args.video, args.avatar, args.size, args.seconds, args.fps)
+        rows = bench_loop(args.engines, args.video, args.avatar, args.size, args.seconds, args.fps,
+                          args.output_mode)
         results["loop"] = rows
         print("\n## live loop (" + args.video.name + ")")
         print(table(rows, list(rows[0].keys())))

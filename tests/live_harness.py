@@ -109,7 +109,7 @@ def live_config(video: Path, *, follow: bool = True, engine: str = "passthrough"
     return AppConfig(
         capture=CaptureConfig(source=str(video), loop=True),
         engine=EngineConfig(name=engine, size=size),
-        output=OutputConfig(width=OUT_W, height=OUT_H, fps=FPS, mirror=mirror),
+        output=OutputConfig(width=OUT_W, height=OUT_H, fps=FPS, mirror=mirror, fit="letterbox"),
         sinks=SinkConfig(kinds=("null",)),
         crop=CropConfig(follow=follow),
     )

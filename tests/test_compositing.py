@@ -1,0 +1,44 @@
+import numpy as np
+
+from avatarcam.compositing import Compositor, paste_back
+from avatarcam.geometry import Box
+
+
+def test_face_framing_fills_a_wide_canvas_with_the_face_of_a_tall_portrait():
+    photo = np.zeros((1280, 720, 3), np.uint8)  # a tall portrait
+    face = Box(360.0, 400.0, 300.0)
+    x0, y0 = int(face.x0), int(face.y0)
+    photo[y0:y0 + 300, x0:x0 + 300] = 255  # the face: a white square
+    c = Compositor(width=1280, height=720, fit="face")
+    out = c.compose(photo, face)
+    assert out.shape == (720, 1280, 3)
+    white = np.argwhere(out[..., 0] > 128)
+    (ty, tx), (by, bx) = white.min(0), white.max(0)
+    assert (by - ty) / 720 > 0.35  # the face is large: about FACE_SHARE of the height
+    assert abs((tx + bx) / 2 - 640) < 40  # and centred horizontally
+    # map_points agrees with the pixels it drew
+    corners = np.array([[face.x0, face.y0], [face.x0 + face.side - 1, face.y0 + face.side - 1]])
+    mapped = c.map_points(corners, (720, 1280), face)
+    assert np.allclose(mapped[0], (tx, ty), atol=3) and np.allclose(mapped[1], (bx, by), atol=3)
+    # without a face box (a square crop, the real camera) it letterboxes
+    lb = Compositor(width=1280, height=720, fit="letterbox").compose(photo)
+    assert np.array_equal(c.compose(photo, None), lb)
+
+
+def test_face_framing_near_the_photo_edge_stays_inside_the_photo():
+    photo = np.full((400, 300, 3), 80, np.uint8)
+    face = Box(40.0, 30.0, 120.0)
+    out = Compositor(width=320, height=180, fit="face").compose(photo, face)
+    assert out.shape == (180, 320, 3)
+    assert out.min() == 80  # no padding pulled in from outside the photo
+
+
+def test_paste_back_blends_only_inside_the_box():
+    photo = np.full((200, 300, 3), 50, np.uint8)
+    crop = np.full((64, 64, 3), 250, np.uint8)
+    box = Box(150.0, 100.0, 100.0)
+    out = paste_back(photo, crop, box)
+    assert out[100, 150, 0] > 240  # centre replaced
+    assert out[10, 10, 0] == 50 and out[100, 95, 0] == 50  # outside untouched
+    mid = out[100, 110, 0]
+    assert 50 < mid <= 250  # feathered edge blends
