@@ -220,7 +220,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     with LiveSession(config=config, engine_factory=lambda cfg: _engine_for(args, cfg)) as session:
-        session.run(duration=getattr(args, "duration", None))
+        # SIGTERM (a service manager, `timeout`, closing the terminal) ends the loop like Q, so files are
+        # finalised and the camera released instead of being cut off mid-write.
+        import signal
+
+        previous = signal.signal(signal.SIGTERM, lambda *_: session.pipeline.stop())
+        try:
+            session.run(duration=getattr(args, "duration", None))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if config.stats:
             print(json.dumps(session.pipeline.stats.snapshot().as_dict(), indent=2))
     return 0
