@@ -94,8 +94,13 @@ class Compositor:
         w, h = size
         aspect = self.width / self.height
         wh = min(focus.side / self.FACE_SHARE, h)
-        ww = min(wh * aspect, w)
-        wh = min(ww / aspect, h)
+        ww = wh * aspect
+        if ww > w:
+            # Too narrow a photo for the canvas: fill the width if the whole face box still fits,
+            # otherwise keep the face whole and let letterboxing pad the sides.
+            ww = w
+            if ww / aspect >= min(h, focus.side * 1.1):
+                wh = ww / aspect
         x0 = min(max(focus.cx - ww / 2.0, 0.0), w - ww)
         y0 = min(max(focus.cy - wh * 0.45, 0.0), h - wh)  # face a little above the middle, like a webcam
         x0, y0 = int(round(x0)), int(round(y0))
