@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 DATA = SHARED / "data"
 FIXTURES = SHARED / "fixtures"
+# Every avatar photo in ../shared/data, listed so that a missing one fails instead of shrinking the tests.
+AVATARS = [
+    "avatar_child_photo_in_hand.jpg",
+    "avatar_east_asian_woman.jpg",
+    "avatar_einstein_bw_photo.jpg",
+    "avatar_jobs_glasses_photo.jpg",
+    "avatar_mona_lisa_painting.jpg",
+    "avatar_obama_photo.jpg",
+    "avatar_young_woman_photo.png",
+]
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -17,15 +17,7 @@ from avatarcam.errors import AvatarError, NoFaceError
 from avatarcam.landmarks import create_tracker
 from avatarcam.landmarks.smoothing import face_size
 
-AVATARS = [
-    "avatar_child_photo_in_hand.jpg",
-    "avatar_east_asian_woman.jpg",
-    "avatar_einstein_bw_photo.jpg",
-    "avatar_jobs_glasses_photo.jpg",
-    "avatar_mona_lisa_painting.jpg",
-    "avatar_obama_photo.jpg",
-    "avatar_young_woman_photo.png",
-]
+from conftest import AVATARS  # noqa: E402 - the shared list of avatar photos
 
 
 class CountingTracker:

@@ -15,15 +15,7 @@ from avatarcam.landmarks.bench import tracker_stats
 from avatarcam.landmarks.smoothing import LandmarkSmoother, OneEuro, face_size
 from avatarcam.landmarks.subsets import MP_TO_68, to_68
 
-AVATARS = [
-    "avatar_child_photo_in_hand.jpg",
-    "avatar_east_asian_woman.jpg",
-    "avatar_einstein_bw_photo.jpg",
-    "avatar_jobs_glasses_photo.jpg",
-    "avatar_mona_lisa_painting.jpg",
-    "avatar_obama_photo.jpg",
-    "avatar_young_woman_photo.png",
-]
+from conftest import AVATARS  # noqa: E402 - the shared list of avatar photos
 VIDEOS = [
     "driving_talking_man_lp_d20.mp4",
     "driving_talking_man_tpsm.mp4",
