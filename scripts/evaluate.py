@@ -120,8 +120,10 @@ def evaluate_pair(engine_name: str, avatar_path: Path, driving: Path, args: argp
     strip_at = set(np.linspace(0, total_frames - 1, args.strip_frames + 2)[1:-1].round().astype(int).tolist())
     strip: list[tuple[np.ndarray, np.ndarray]] = []
     t_track, t_engine = [], []
-    live = TrackerConfig(min_cutoff=args.min_cutoff, beta=args.beta)
-    judged = TrackerConfig(min_cutoff=args.min_cutoff, beta=args.beta, smoothing=args.judge_smoothing == "on")
+    cutoffs = dict(min_cutoff=args.min_cutoff, beta=args.beta, pose_min_cutoff=args.pose_cutoff,
+                   lips_min_cutoff=args.lips_cutoff)
+    live = TrackerConfig(**cutoffs)
+    judged = TrackerConfig(**cutoffs, smoothing=args.judge_smoothing == "on")
     with create_tracker(live, mode="video") as tracker, create_tracker(judged, mode="video") as judge:
         i = 0
         while args.max_frames is None or i < args.max_frames:
@@ -289,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-cutoff", type=float, default=TrackerConfig().min_cutoff,
                     help="tracker One Euro min_cutoff (Hz), for the live tracker and the judge alike")
     ap.add_argument("--beta", type=float, default=TrackerConfig().beta, help="tracker One Euro beta, both trackers")
+    ap.add_argument("--pose-cutoff", type=float, default=TrackerConfig().pose_min_cutoff,
+                    help="tracker One Euro minimum cutoff (Hz) of the head pose, both trackers")
+    ap.add_argument("--lips-cutoff", type=float, default=TrackerConfig().lips_min_cutoff,
+                    help="tracker One Euro minimum cutoff (Hz) of the lips, both trackers")
     ap.add_argument("--judge-smoothing", default="on", choices=("on", "off"),
                     help="One Euro smoothing in the tracker that reads the output (the driver's is always on)")
     ap.add_argument("--video", action="store_true", help="also write a driver|output side-by-side mp4")

@@ -34,9 +34,10 @@ def judge():
 
 @pytest.fixture(scope="module")
 def driver(driving_video):
-    """(frame RGB, landmarks N x 3) of the most closed-mouth frame among the first 60 of the video."""
+    """(frame RGB, landmarks N x 3) of a neutral face: the most closed-mouth frame among the first
+    60 of the video whose eyes are open (not mid-blink: eye openness at least 85 % of the median)."""
     cap = cv2.VideoCapture(str(driving_video))
-    best = None
+    frames = []
     with create_tracker(TrackerConfig(), mode="video") as tracker:
         for i in range(60):
             ok, bgr = cap.read()
@@ -44,10 +45,12 @@ def driver(driving_video):
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             face = tracker.detect(rgb, i * 40).face
             assert face is not None
-            gap = face_signals(face).mouth_open
-            if best is None or gap < best[0]:
-                best = (gap, rgb, face.points.astype(np.float64))
+            s = face_signals(face)
+            frames.append((s.mouth_open, min(s.eye_open_left, s.eye_open_right), rgb, face.points.astype(np.float64)))
     cap.release()
+    eyes = float(np.median([f[1] for f in frames]))
+    best = min((f for f in frames if f[1] >= 0.85 * eyes), key=lambda f: f[0])
+    best = (best[0], best[2], best[3])
     assert best[0] < 0.03, f"expected a closed mouth in the first 60 frames, best gap {best[0]:.3f}"
     return best[1], best[2]
 

@@ -34,7 +34,8 @@ class LandmarkTracker(abc.ABC):
         self._smoother: LandmarkSmoother | None = None
         if mode == "video" and config.smoothing:
             self._smoother = LandmarkSmoother(min_cutoff=config.min_cutoff, beta=config.beta,
-                                              d_cutoff=config.d_cutoff)
+                                              d_cutoff=config.d_cutoff, pose_cutoff=config.pose_min_cutoff,
+                                              lips_cutoff=config.lips_min_cutoff)
 
     @abc.abstractmethod
     def _detect_raw(self, image_rgb: np.ndarray) -> list[FaceLandmarks]:
