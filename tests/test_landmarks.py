@@ -295,3 +295,37 @@ def test_mp_to_68_layout(image_tracker, data_dir):
 def test_landmark_result_empty_helper():
     r = LandmarkResult.empty((64, 48), 7)
     assert r.faces == () and r.image_size == (64, 48) and r.timestamp_ms == 7
+
+
+def test_lips_follow_a_step_faster_than_the_rest_of_the_face(data_dir):
+    """Region-aware smoothing: a mouth that opens is tracked with less lag than a brow that moves the
+    same distance, while a head that does not move stays put."""
+    import cv2 as _cv2
+
+    from avatarcam.landmarks.smoothing import _LIPS_MEDIAPIPE
+
+    img = _cv2.imread(str(data_dir / "avatar_obama_photo.jpg"))[..., ::-1].copy()
+    with create_tracker(mode="image") as tracker:
+        base = tracker.detect(img).face.points.astype(np.float64)
+    smoother = LandmarkSmoother(min_cutoff=1.0, beta=0.0, pose_cutoff=2.0, lips_cutoff=4.0)
+    lip, brow = _LIPS_MEDIAPIPE[5], 105  # a lower-lip point and a brow point
+    step = 0.08 * face_size(base)
+    t = 0.0
+    for _ in range(30):
+        smoother(base, t)
+        t += 1 / 30
+    moved = base.copy()
+    moved[lip, 1] += step
+    moved[brow, 1] -= step
+    lip_frames = brow_frames = None
+    for i in range(1, 60):
+        out = smoother(moved, t)
+        t += 1 / 30
+        if lip_frames is None and abs(out[lip, 1] - base[lip, 1]) >= 0.9 * step:
+            lip_frames = i
+        if brow_frames is None and abs(out[brow, 1] - base[brow, 1]) >= 0.9 * step:
+            brow_frames = i
+    assert lip_frames is not None and brow_frames is not None
+    assert lip_frames < brow_frames
+    # the rigid points did not move, so neither did their smoothed copies
+    assert np.abs(out[1, :2] - base[1, :2]).max() < 0.01 * face_size(base)
