@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from avatarcam.app import (build_compositor, build_cropper, build_sinks, build_tracker, engine_options,
                            load_avatars, pick_avatar)

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -58,12 +57,11 @@ def _fmt(v) -> str:
 def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, seconds: float,
                fps: float, output: str = "photo") -> list[dict]:
     """Per engine: offline throughput (every frame, as fast as possible) and live latency (paced loop)."""
-    import dataclasses
 
     from avatarcam.app import build_cropper, build_tracker, engine_options
     from avatarcam.avatars.library import load_avatar
     from avatarcam.compositing import Compositor
-    from avatarcam.config import AppConfig, CaptureConfig, EngineConfig, OutputConfig
+    from avatarcam.config import AppConfig, EngineConfig, OutputConfig
     from avatarcam.engines import create_engine
     from avatarcam.pipeline import Pipeline
     from avatarcam.processing import FrameProcessor

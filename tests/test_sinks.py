@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatarcam.app import build_sinks
-from avatarcam.config import AppConfig, OutputConfig, SinkConfig
+from avatarcam.config import AppConfig, SinkConfig
 from avatarcam.errors import NoVirtualCameraError, SinkError
 from avatarcam.frame import OutputFrame
 from avatarcam.sinks.file import FileSink

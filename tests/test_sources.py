@@ -7,7 +7,7 @@ import pytest
 from avatarcam.config import CaptureConfig
 from avatarcam.errors import SourceError
 from avatarcam.mailbox import Mailbox
-from avatarcam.sources import EndOfStream, ImageSource, VideoFileSource, WebcamSource, open_source
+from avatarcam.sources import ImageSource, VideoFileSource, WebcamSource, open_source
 from avatarcam.sources.capture import CaptureThread
 from avatarcam.stats import Stats
 
