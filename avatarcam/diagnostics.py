@@ -165,7 +165,7 @@ def doctor_checks() -> list[Check]:
         from avatarcam.audio.devices import audio_status
 
         ok, message = audio_status()
-        checks.append(Check("audio", ok, message, "" if ok else message))
+        checks.append(Check("audio", ok, message))  # the message already says what to do
     except ImportError:
         pass
     return checks
