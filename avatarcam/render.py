@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def render_video(*, avatar: Avatar, driving: str | Path, engine: Engine, out: st
                  max_frames: int | None = None) -> RenderResult:
     """Render ``driving`` (every frame, in order) against ``avatar`` to ``out`` (mp4 at the input's fps)
     or to ``sink``. The output size is the engine's own unless ``compositor`` says otherwise."""
-    import time
-
     source = VideoFileSource(path=driving, realtime=False, loop=False)
     stats = Stats()
     processor = FrameProcessor(engine=engine, compositor=compositor or Compositor(width=None, height=None),

@@ -97,19 +97,25 @@ def _require_curve() -> None:
                           "(its wheels include it) or run without encryption on a trusted network / VPN")
 
 
+def _load_certificate(path: Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a ZeroMQ certificate file, as a ConfigError when unreadable."""
+    import zmq.auth
+
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a ZeroMQ CURVE certificate ({exc})") from exc
+
+
 def load_server_keys(secret_key_file: str | Path) -> tuple[bytes, bytes]:
     """(public, secret) Z85 keys from a ``*.key_secret`` certificate written by :func:`create_server_keys`."""
-    import zmq.auth
 
     _require_curve()
     path = Path(secret_key_file)
     if not path.is_file():
         raise ConfigError(f"CURVE secret key file {path} not found: create one with "
                           "`avatarcam serve --curve-keys DIR` (it writes DIR/server.key_secret)")
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a ZeroMQ CURVE certificate ({exc})") from exc
+    public, secret = _load_certificate(path)
     if secret is None:
         raise ConfigError(f"{path} holds only a public key: the worker needs the secret one "
                           f"({SERVER_KEY_NAME}.key_secret)")
@@ -132,7 +138,6 @@ def create_server_keys(directory: str | Path) -> Path:
 
 def read_server_public_key(key_or_file: str) -> bytes:
     """The worker's CURVE public key from its 40-character Z85 text or from a ``server.key`` file."""
-    import zmq.auth
     from zmq.utils import z85
 
     _require_curve()
@@ -147,8 +152,5 @@ def read_server_public_key(key_or_file: str) -> bytes:
     if not path.is_file():
         raise ConfigError(f"worker key {text!r} is neither a 40-character CURVE public key nor a file: "
                           "copy server.key from the worker's --curve-keys folder")
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a ZeroMQ CURVE certificate ({exc})") from exc
+    public, _ = _load_certificate(path)
     return public
