@@ -4,6 +4,7 @@
     python scripts/bench.py loop --engines passthrough mesh --video ../shared/data/driving_talking_man_tpsm.mp4
     python scripts/bench.py tracker
     python scripts/bench.py fomm --config avatarcam/weights/configs/vox-256.yaml --device cuda --fp16
+    python scripts/bench.py fomm --device cpu --precision-error
     python scripts/bench.py all
 
 Each section prints a table and, with --json PATH, writes the numbers as JSON. Numbers are measured,
@@ -113,6 +114,49 @@ def bench_tracker_all(frames: int) -> list[dict]:
     return rows
 
 
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2e}" if v and abs(v) < 0.01 else f"{v:.3f}"
+    return str(v)
+
+
+def bench_precision_error(args: argparse.Namespace) -> list[dict]:
+    """fp16 and bf16 against fp32: the engine's policy (autocast + fp32 regions) and a naive cast."""
+    import torch
+
+    from avatarcam.models.fomm.bench import precision_error
+
+    cfg = args.config or str(REPO / "avatarcam" / "weights" / "configs" / "vox-256.yaml")
+    size = args.size or 256
+    rows, meta = [], {}
+    for dtype in (torch.float16, torch.bfloat16):
+        r = precision_error(cfg, args.checkpoint, device=args.device, size=size, dtype=dtype,
+                            avatar=args.avatar, video=args.video)
+        meta = r
+        short = "fp16" if dtype == torch.float16 else "bf16"
+        for key, name in (("policy", f"{short} autocast + fp32 regions"), ("naive", f"naive {short} (model.to)")):
+            rows.append({"policy": name, **r[key]})
+    print(f"\n## fomm precision error vs fp32 ({Path(cfg).name}, {meta['weights']} weights, device "
+          f"{meta['device']} [{meta['device_name']}], {size} px, {meta['frames']} driver frames: "
+          f"{args.avatar.name} + {args.video.name})")
+    print(f"fp32 reference: key points within +-{meta['kp_ref_max_abs']:.3f}, jacobian entries within "
+          f"+-{_num(meta['jacobian_ref_max_abs'])}, render std {meta['image_ref_std']:.1f}/255\n")
+    cols = ["policy", "features", "kp max abs", "jacobian max abs", "image max /255", "image mean /255",
+            "pixels > 2/255"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    for row in rows:
+        if "error" in row:
+            cells = [row["policy"], "failed: " + row["error"]] + [""] * (len(cols) - 2)
+        else:
+            cells = [row["policy"], row["features_dtype"], _num(row["kp_max_abs"]), _num(row["jacobian_max_abs"]),
+                     _num(row["image_max_abs"]), _num(row["image_mean_abs"]), f"{100 * row['image_frac_gt2']:.2f}%"]
+        print("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=["loop", "tracker", "fomm", "mesh", "all"], nargs="?", default="all")
@@ -129,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="FOMM checkpoint (default: random weights)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--precision-error", action="store_true",
+                    help="fomm: measure fp16/bf16 error against fp32 (same device and inputs) instead of speed")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -152,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         results["mesh"] = r
         print("\n## mesh engine")
         print(json.dumps(r, indent=2))
-    if args.section in ("fomm", "all"):
+    if args.section in ("fomm", "all") and args.precision_error:
+        rows = bench_precision_error(args)
+        results["fomm_precision_error"] = rows
+    elif args.section in ("fomm", "all"):
         from avatarcam.models.fomm.bench import bench_fomm
 
         cfg = args.config or str(REPO / "avatarcam" / "weights" / "configs" / "vox-256.yaml")

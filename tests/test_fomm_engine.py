@@ -168,6 +168,30 @@ def test_reduced_precision_engine_path_on_cpu(avatar, video_frames) -> None:
     assert max(errs) < 2.0, errs  # measured 0.6 grey levels with bf16
 
 
+def test_fp16_policy_error_on_cpu(avatar, video_frames) -> None:
+    """The engine's fp16 policy (autocast + fp32 regions) against fp32, run on the CPU (CPU
+    autocast supports float16), plus the naive whole-model cast for comparison."""
+    from avatarcam.models.fomm.bench import precision_error
+
+    r = precision_error(YAML, CKPT, device="cpu", size=64, dtype=torch.float16, avatar=avatar, video=video_frames)
+    policy, naive = r["policy"], r["naive"]
+    print(f"fp16 vs fp32 on CPU at 64: {policy} naive {naive} (render std {r['image_ref_std']:.1f})")
+    assert r["frames"] == 4 and r["reference_features_dtype"] == "float32"
+    # The bulk really ran in fp16 (autocast was not a silent no-op) and it changed the numbers.
+    assert policy["features_dtype"] == "float16" and policy["finite"]
+    assert policy["kp_max_abs"] > 0
+    # The renders are not flat, so a small image error means something (measured std about 60).
+    assert r["image_ref_std"] > 10
+    # Measured 1.5e-3 / 5.2e-4 (key points / jacobians). Key points span [-1, 1] over the crop, so
+    # 5e-3 is 1/400 of its width: 0.16 px here, 0.64 px at 256, below what the warp can show.
+    assert policy["kp_max_abs"] < 5e-3 and policy["jacobian_max_abs"] < 5e-3
+    # Measured max 1, mean 0.085 grey levels, no pixel off by more than 2.
+    assert policy["image_max_abs"] <= 4 and policy["image_mean_abs"] < 0.5 and policy["image_frac_gt2"] < 0.01
+    # The naive model.half() variant runs on the CPU too (measured mean 0.17 grey levels).
+    assert naive.get("features_dtype") == "float16", naive
+    assert naive["finite"] and naive["image_mean_abs"] < 2.0
+
+
 def test_engine_options_are_validated() -> None:
     with pytest.raises(ValueError, match="output"):
         FommEngineConfig(output="video")
