@@ -53,7 +53,7 @@ def build_cropper(config: AppConfig):
 
 def build_compositor(config: AppConfig, *, width: int | None = None, height: int | None = None) -> Compositor:
     o = config.output
-    return Compositor(width=width or o.width, height=height or o.height, fit=o.fit, mirror=o.mirror)
+    return Compositor(width=width or o.width, height=height or o.height, fit=o.fit, mirror=o.mirror, pad=o.pad)
 
 
 def build_sinks(config: AppConfig, *, on_key: Callable[[int], None] | None = None) -> list[Sink]:

@@ -31,6 +31,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "fps": ("output", "fps"),
     "fit": ("output", "fit"),
     "mirror": ("output", "mirror"),
+    "pad": ("output", "pad"),
     "vcam_device": ("sinks", "virtualcam_device"),
     "vcam_backend": ("sinks", "virtualcam_backend"),
     "out": ("sinks", "file"),
@@ -98,6 +99,8 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--fps", type=float, help="output fps (default 30)")
     o.add_argument("--fit", choices=["face", "letterbox", "crop", "stretch"],
                    help="face: frame the photo around the face (default); letterbox: whole photo")
+    o.add_argument("--pad", choices=["blur", "black"],
+                   help="what fills the bars when the picture does not fill the frame (default blur)")
     o.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the output")
     o.add_argument("--sink", action="append", choices=["virtualcam", "window", "file", "null"],
                    help="output(s); repeatable (default: virtualcam and window)")

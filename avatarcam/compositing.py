@@ -6,7 +6,7 @@ import functools
 import cv2
 import numpy as np
 
-from avatarcam.geometry import Box, fit_into
+from avatarcam.geometry import PADS, Box, fit_into
 
 
 @functools.lru_cache(maxsize=16)
@@ -78,14 +78,19 @@ class Compositor:
     so a tall portrait still fills a 16:9 call with the face large; ``letterbox`` keeps everything and
     pads; ``crop`` fills the canvas and cuts the overflow; ``stretch`` ignores the aspect ratio. ``face``
     needs the face box (``focus``); without one (a square face crop, the real camera) it letterboxes.
+    ``pad``: what fills letterbox bars, ``blur`` (a blurred, dimmed copy of the picture; default)
+    or ``black``.
     """
 
     #: in ``face`` framing, the face box's side as a share of the window height
     FACE_SHARE = 0.42
 
-    def __init__(self, *, width: int | None, height: int | None, fit: str = "face", mirror: bool = False) -> None:
+    def __init__(self, *, width: int | None, height: int | None, fit: str = "face", mirror: bool = False,
+                 pad: str = "blur") -> None:
         """``width``/``height`` None keeps the engine's own output size (offline rendering)."""
-        self.width, self.height, self.fit, self.mirror = width, height, fit, mirror
+        if pad not in PADS:
+            raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
+        self.width, self.height, self.fit, self.mirror, self.pad = width, height, fit, mirror, pad
 
     def window(self, size: tuple[int, int], focus: Box | None) -> tuple[int, int, int, int] | None:
         """The part (x0, y0, x1, y1) of a ``size`` = (w, h) image that ``face`` framing shows, or None."""
@@ -112,7 +117,7 @@ class Compositor:
             x0, y0, x1, y1 = win
             image = image[y0:y1, x0:x1]
         fit = "letterbox" if self.fit == "face" else self.fit
-        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, fit)
+        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, fit, self.pad)
         if self.mirror:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)

@@ -18,6 +18,7 @@ from avatarcam.audio.config import AudioConfig
 from avatarcam.control_api import ApiConfig
 from avatarcam.controls import ControlsConfig
 from avatarcam.errors import ConfigError
+from avatarcam.geometry import PADS
 from avatarcam.landmarks.config import TrackerConfig
 
 if sys.version_info >= (3, 11):
@@ -83,11 +84,13 @@ class OutputConfig:
     fps: float = 30.0
     fit: str = "face"
     mirror: bool = False
+    pad: str = "blur"  # letterbox bars: "blur" (blurred copy of the picture) or "black"
 
     def __post_init__(self) -> None:
         _require(self.width > 0 and self.height > 0, f"output size must be positive, got {self.width}x{self.height}")
         _require(0 < self.fps <= 120, f"output fps must be in (0, 120], got {self.fps}")
         _require(self.fit in FITS, f"output fit must be one of {FITS}, got {self.fit!r}")
+        _require(self.pad in PADS, f"output pad must be one of {PADS}, got {self.pad!r}")
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,30 @@ def crop_square(image: np.ndarray, box: Box, size: int, interpolation: int = cv2
     return cv2.warpAffine(image, m, (size, size), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
 
 
-def fit_into(image: np.ndarray, width: int, height: int, mode: str = "letterbox") -> np.ndarray:
+PADS = ("blur", "black")
+
+
+def blurred_backdrop(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` scaled to cover ``width x height``, heavily blurred and dimmed: the fill for
+    letterbox bars, as phones show a portrait video in a landscape frame. Blurred at 1/8 of the
+    size and scaled up, so it costs about a millisecond at 1280 x 720."""
+    sw, sh = max(1, width // 8), max(1, height // 8)
+    h, w = image.shape[:2]
+    scale = max(sw / w, sh / h)
+    nw, nh = max(sw, round(w * scale)), max(sh, round(h * scale))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    x0, y0 = (nw - sw) // 2, (nh - sh) // 2
+    small = cv2.GaussianBlur(small[y0 : y0 + sh, x0 : x0 + sw], (0, 0), max(sw, sh) / 24.0)
+    small = cv2.convertScaleAbs(small, alpha=0.55)  # dimmed so the picture itself stands out
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def fit_into(image: np.ndarray, width: int, height: int, mode: str = "letterbox", pad: str = "black") -> np.ndarray:
     """Place ``image`` into a ``width x height`` canvas.
 
-    ``letterbox`` keeps everything and pads with black, ``crop`` fills the canvas and
-    cuts the overflow, ``stretch`` ignores the aspect ratio.
+    ``letterbox`` keeps everything and pads the bars (``pad``: ``black``, or ``blur``: a blurred,
+    dimmed copy of the image, see :func:`blurred_backdrop`), ``crop`` fills the canvas and cuts the
+    overflow, ``stretch`` ignores the aspect ratio.
     """
     h, w = image.shape[:2]
     if (w, h) == (width, height):
@@ -74,7 +93,12 @@ def fit_into(image: np.ndarray, width: int, height: int, mode: str = "letterbox"
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
     if mode == "letterbox":
-        canvas = np.zeros((height, width, 3), dtype=np.uint8)
+        if (nw, nh) == (width, height):
+            return resized
+        if pad == "blur":
+            canvas = blurred_backdrop(image, width, height)
+        else:
+            canvas = np.zeros((height, width, 3), dtype=np.uint8)
         x0, y0 = (width - nw) // 2, (height - nh) // 2
         canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
         return canvas

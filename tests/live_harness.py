@@ -109,7 +109,7 @@ def live_config(video: Path, *, follow: bool = True, engine: str = "passthrough"
     return AppConfig(
         capture=CaptureConfig(source=str(video), loop=True),
         engine=EngineConfig(name=engine, size=size),
-        output=OutputConfig(width=OUT_W, height=OUT_H, fps=FPS, mirror=mirror, fit="letterbox"),
+        output=OutputConfig(width=OUT_W, height=OUT_H, fps=FPS, mirror=mirror, fit="letterbox", pad="black"),
         sinks=SinkConfig(kinds=("null",)),
         crop=CropConfig(follow=follow),
     )
@@ -204,7 +204,7 @@ class VideoFrames:
 
 
 def reference_compose(image: np.ndarray, *, mirror: bool = False) -> np.ndarray:
-    return Compositor(width=OUT_W, height=OUT_H, fit="letterbox", mirror=mirror).compose(image)
+    return Compositor(width=OUT_W, height=OUT_H, fit="letterbox", pad="black", mirror=mirror).compose(image)
 
 
 def replace(config, **changes):

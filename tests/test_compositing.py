@@ -42,3 +42,30 @@ def test_paste_back_blends_only_inside_the_box():
     assert out[10, 10, 0] == 50 and out[100, 95, 0] == 50  # outside untouched
     mid = out[100, 110, 0]
     assert 50 < mid <= 250  # feathered edge blends
+
+
+def test_letterbox_bars_are_a_blurred_dimmed_copy_by_default_and_black_on_request():
+    rng = np.random.default_rng(0)
+    photo = np.zeros((400, 400, 3), np.uint8)
+    photo[:, :200] = (200, 40, 40)  # left half red, right half blue: the bars must echo that
+    photo[:, 200:] = (40, 40, 200)
+    photo[150:250, 150:250] = rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)  # detail the blur removes
+    blur = Compositor(width=640, height=360, fit="letterbox").compose(photo)
+    black = Compositor(width=640, height=360, fit="letterbox", pad="black").compose(photo)
+    assert blur.shape == black.shape == (360, 640, 3)
+    # the picture itself is identical, 360 x 360 at x 140..499
+    assert np.array_equal(blur[:, 140:500], black[:, 140:500])
+    assert black[:, :140].max() == 0 and black[:, 500:].max() == 0
+    left, right = blur[:, :140].astype(int), blur[:, 500:].astype(int)
+    # the bars carry the picture's colours (red side left, blue side right), dimmed
+    assert left[..., 0].mean() > left[..., 2].mean() + 40 and right[..., 2].mean() > right[..., 0].mean() + 40
+    assert left.max() < 200 and right.max() < 200
+    # and they are smooth: no pixel-to-pixel detail
+    assert np.abs(np.diff(left, axis=1)).max() <= 8 and np.abs(np.diff(left, axis=0)).max() <= 8
+
+
+def test_compositor_rejects_an_unknown_pad():
+    import pytest
+
+    with pytest.raises(ValueError, match="pad"):
+        Compositor(width=64, height=36, pad="grey")

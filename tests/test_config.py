@@ -36,6 +36,7 @@ def test_toml_file_fills_stages(tmp_path):
 @pytest.mark.parametrize("text, needle", [
     ("[output]\nwidht = 3\n", "widht"),
     ("[output]\nfit = 'zoomy'\n", "zoomy"),
+    ("[output]\npad = 'grey'\n", "grey"),
     ("[output]\nfps = 0\n", "fps"),
     ("[nonsense]\nx = 1\n", "nonsense"),
     ("[output\n", "TOML"),
@@ -71,6 +72,16 @@ def test_cli_flags_override_the_file(tmp_path):
     assert (c.output.width, c.output.height) == (640, 360)
     assert c.capture.source == "x.mp4" and c.capture.loop is True
     assert c.sinks.kinds == ("null",)
+
+
+def test_pad_flag_reaches_the_compositor():
+    from avatarcam.app import build_compositor
+
+    assert AppConfig().output.pad == "blur"
+    args = build_parser().parse_args(["run", "--pad", "black"])
+    config = resolve_config(args)
+    assert config.output.pad == "black"
+    assert build_compositor(config).pad == "black"
 
 
 def test_config_print_round_trips(capsys):
