@@ -143,17 +143,17 @@ def bench_precision_error(args: argparse.Namespace) -> list[dict]:
           f"{args.avatar.name} + {args.video.name})")
     print(f"fp32 reference: key points within +-{meta['kp_ref_max_abs']:.3f}, jacobian entries within "
           f"+-{_num(meta['jacobian_ref_max_abs'])}, render std {meta['image_ref_std']:.1f}/255\n")
-    cols = ["policy", "features", "kp max abs", "jacobian max abs", "image max /255", "image mean /255",
-            "pixels > 2/255"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
+    cells = []
     for row in rows:
         if "error" in row:
-            cells = [row["policy"], "failed: " + row["error"]] + [""] * (len(cols) - 2)
-        else:
-            cells = [row["policy"], row["features_dtype"], _num(row["kp_max_abs"]), _num(row["jacobian_max_abs"]),
-                     _num(row["image_max_abs"]), _num(row["image_mean_abs"]), f"{100 * row['image_frac_gt2']:.2f}%"]
-        print("| " + " | ".join(cells) + " |")
+            cells.append({"policy": row["policy"], "features": "failed: " + row["error"]})
+            continue
+        cells.append({"policy": row["policy"], "features": row["features_dtype"],
+                      "kp max abs": _num(row["kp_max_abs"]), "jacobian max abs": _num(row["jacobian_max_abs"]),
+                      "image max /255": _num(row["image_max_abs"]), "image mean /255": _num(row["image_mean_abs"]),
+                      "pixels > 2/255": f"{100 * row['image_frac_gt2']:.2f}%"})
+    print(table(cells, ["policy", "features", "kp max abs", "jacobian max abs", "image max /255", "image mean /255",
+                        "pixels > 2/255"]))
     return rows
 
 
