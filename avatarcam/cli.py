@@ -223,10 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     with LiveSession(config=config, engine_factory=lambda cfg: _engine_for(args, cfg)) as session:
         # SIGTERM (a service manager, `timeout`, closing the terminal) ends the loop like Q, so files are
-        # finalised and the camera released instead of being cut off mid-write.
+        # finalised and the camera released instead of being cut off mid-write. request_stop, not stop:
+        # the handler may interrupt the main thread while it holds the lock that stop() takes.
         import signal
 
-        previous = signal.signal(signal.SIGTERM, lambda *_: session.pipeline.stop())
+        previous = signal.signal(signal.SIGTERM, lambda *_: session.pipeline.request_stop())
         try:
             session.run(duration=getattr(args, "duration", None))
         finally:

@@ -58,6 +58,8 @@ class Pipeline:
         self._outputs: Mailbox[OutputFrame] = Mailbox()
         self._capture = CaptureThread(open_source=open_source, mailbox=self._frames, stats=self.stats, retry_s=retry_s)
         self._stop = threading.Event()
+        # Set by request_stop() from a signal handler, where taking _stop's lock could deadlock.
+        self._stop_requested = False
         self._processed_all = threading.Event()
         self._error: BaseException | None = None
         self._worker = threading.Thread(target=self._process_loop, name="avatarcam-process", daemon=True)
@@ -103,10 +105,17 @@ class Pipeline:
         """Ask ``run()`` to return (safe from any thread, e.g. a hotkey)."""
         self._stop.set()
 
+    def request_stop(self) -> None:
+        """Ask ``run()`` to return, from a signal handler. A handler runs on the main thread between
+        two bytecodes, possibly while that thread holds the lock inside ``_stop.wait()``; ``stop()``
+        would then wait on that lock for ever. This only sets a flag, which ``run()`` reads at least
+        once per output frame."""
+        self._stop_requested = True
+
     @property
     def stopping(self) -> bool:
-        """True once :meth:`stop` (or :meth:`close`) was called."""
-        return self._stop.is_set()
+        """True once :meth:`stop`, :meth:`request_stop` (or :meth:`close`) was called."""
+        return self._stop_requested or self._stop.is_set()
 
     def _raise_worker_error(self) -> None:
         err = self._error or self._capture.error
@@ -122,11 +131,11 @@ class Pipeline:
         t_start = time.perf_counter()
         n = 0
         current: OutputFrame | None = None
-        while not self._stop.is_set():
+        while not self.stopping:
             due = t_start + n * period
             now = time.perf_counter()
             if due > now:
-                if self._stop.wait(due - now):
+                if self._stop.wait(due - now) or self._stop_requested:
                     break
             elif now - due > 5 * period:
                 t_start = now - n * period  # we were suspended: resync instead of bursting frames

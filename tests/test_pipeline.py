@@ -146,3 +146,28 @@ def test_no_camera_at_all_shows_the_placeholder():
         n = p.run(duration=0.5, until_input_ends=False)
     assert n >= 10 and all(np.array_equal(f.image, placeholder) for f in sink.frames)
     assert "camera 3 cannot be opened" in sink.frames[-1].overlay[0]
+
+
+def test_request_stop_takes_no_lock_and_ends_run(driving_video):
+    """The SIGTERM handler's call. A signal handler runs on the main thread, which may be inside
+    ``Event.wait()`` holding the event's lock; a stop that needs that lock hangs the process for ever
+    (seen with ``timeout make run``). Simulated here by holding the lock while the request is made."""
+    import threading
+
+    sink = MemorySink()
+    src = lambda: VideoFileSource(path=driving_video, realtime=True, loop=True)  # noqa: E731
+    with make_pipeline(src, PassthroughEngine(size=64), sink) as p:
+        with p._stop._cond:  # what the interrupted main thread holds
+            caller = threading.Thread(target=p.request_stop, daemon=True)
+            caller.start()
+            caller.join(2.0)
+            assert not caller.is_alive(), "request_stop blocked on the stop event's lock"
+        assert p.stopping
+        assert p.run(duration=10) == 0  # already requested: returns before sending a frame
+        fresh = make_pipeline(src, PassthroughEngine(size=64), MemorySink())
+    with fresh:
+        threading.Timer(0.5, fresh.request_stop).start()
+        t0 = time.perf_counter()
+        n = fresh.run(duration=10)
+        assert time.perf_counter() - t0 < 3.0 and n > 5
+    assert avatarcam_threads() == []
