@@ -295,11 +295,15 @@ COMMANDS = {"run": cmd_run, "render": cmd_render, "devices": cmd_devices, "docto
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # MediaPipe's C++ logging floods the terminal at INFO; keep warnings and errors.
+    # MediaPipe's C++ logging floods the terminal at INFO; keep warnings and errors. OpenCV warns
+    # twice per failed camera open, at every retry, where our own message says what to do; it reads
+    # its level once, when cv2 is loaded (build_parser loads it), so this comes first. Each can be
+    # overridden from the environment.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    parser = build_parser()
+    args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     handler = COMMANDS.get(args.command)

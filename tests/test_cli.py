@@ -80,3 +80,17 @@ def test_sigterm_finalises_the_output_file(tmp_path, driving_video, avatar_photo
     assert proc.wait(30) == 0
     n, fps = frame_count(out)
     assert n > 5 and fps == 30
+
+
+def test_missing_camera_is_explained_once_not_flooded(tmp_path, avatar_photo):
+    """No camera at the given path: the live run keeps streaming its placeholder and says, once, what to
+    do (OpenCV's own two warnings per retry are silenced), then stops cleanly at --duration."""
+    exe = REPO / ".venv" / "bin" / "avatarcam"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"}
+    r = subprocess.run([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--camera",
+                        "/dev/video-missing-77", "--sink", "null", "--duration", "5"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("cannot be opened") == 1 and "--driving FILE" in r.stderr, r.stderr
+    assert "[ WARN" not in r.stderr, r.stderr

@@ -18,16 +18,20 @@ def _rgb(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+_OTHER_SOURCE = ("pick another with --camera N (see `avatarcam devices`), or drive the avatar from a video "
+                 "file with --driving FILE.")
+
+
 def camera_help() -> str:
     if sys.platform.startswith("linux"):
         nodes = sorted(str(p) for p in Path("/dev").glob("video*"))
         found = f"video devices present: {', '.join(nodes)}" if nodes else "no /dev/video* device exists on this machine"
         return (f"{found}. Check that the camera is plugged in, that your user is in the 'video' group, "
-                "that no other app holds it, or pick another with --camera N (see `avatarcam devices`).")
+                f"that no other app holds it, or {_OTHER_SOURCE}")
     if sys.platform == "darwin":
         return ("Allow camera access for your terminal in System Settings > Privacy & Security > Camera, "
-                "or pick another with --camera N (see `avatarcam devices`).")
-    return "Close other apps using the camera, or pick another with --camera N (see `avatarcam devices`)."
+                f"or {_OTHER_SOURCE}")
+    return f"Close other apps using the camera, or {_OTHER_SOURCE}"
 
 
 class WebcamSource(Source):
