@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -87,7 +88,7 @@ def test_missing_camera_is_explained_once_not_flooded(tmp_path, avatar_photo):
     do (OpenCV's own two warnings per retry are silenced), then stops cleanly at --duration."""
     exe = REPO / ".venv" / "bin" / "avatarcam"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
     r = subprocess.run([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--camera",
                         "/dev/video-missing-77", "--sink", "null", "--duration", "5"],
                        capture_output=True, text=True, timeout=120, env=env)

@@ -1,3 +1,4 @@
+import threading
 import time
 
 import numpy as np
@@ -152,8 +153,6 @@ def test_request_stop_takes_no_lock_and_ends_run(driving_video):
     """The SIGTERM handler's call. A signal handler runs on the main thread, which may be inside
     ``Event.wait()`` holding the event's lock; a stop that needs that lock hangs the process for ever
     (seen with ``timeout make run``). Simulated here by holding the lock while the request is made."""
-    import threading
-
     sink = MemorySink()
     src = lambda: VideoFileSource(path=driving_video, realtime=True, loop=True)  # noqa: E731
     with make_pipeline(src, PassthroughEngine(size=64), sink) as p:
@@ -167,7 +166,6 @@ def test_request_stop_takes_no_lock_and_ends_run(driving_video):
         fresh = make_pipeline(src, PassthroughEngine(size=64), MemorySink())
     with fresh:
         threading.Timer(0.5, fresh.request_stop).start()
-        t0 = time.perf_counter()
         n = fresh.run(duration=10)
-        assert time.perf_counter() - t0 < 3.0 and n > 5
+        assert 5 < n < 150  # stopped by the request, long before the 300 frames of 10 s at 30 fps
     assert avatarcam_threads() == []
