@@ -139,7 +139,7 @@ def doctor_checks() -> list[Check]:
     else:
         from avatarcam.sources.opencv import camera_help
 
-        checks.append(Check("camera", False, "none found", camera_help() + " You can also use --driving VIDEO."))
+        checks.append(Check("camera", False, "none found", camera_help()))
     backends = virtualcam_backends()
     good = [f"{n} ({d})" for n, ok, d in backends if ok]
     if good:

@@ -58,6 +58,8 @@ def test_console_script_and_doctor_run():
     r = subprocess.run([*cmd, "doctor"], capture_output=True, text=True, timeout=120)
     assert r.returncode in (0, 1), r.stderr
     assert "landmark models" in r.stdout and "virtual camera" in r.stdout
+    # Each fix is said once: a missing camera suggests --driving in one place, not twice.
+    assert r.stdout.count("--driving") <= 1, r.stdout
     r = subprocess.run([*cmd, "devices"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "Virtual camera backends" in r.stdout
 
