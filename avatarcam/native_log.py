@@ -13,7 +13,8 @@ goes back to stderr, in order, except absl's info and warning lines and TensorFl
 lines, which are dropped. Error and fatal lines, Python output from other threads and anything
 unrecognised pass through unchanged, only delayed to the end of the block. With the
 ``avatarcam.native`` logger enabled for DEBUG (``avatarcam -vv``) nothing is captured at all, so
-every native line arrives, live.
+every native line arrives, live. A process that dies inside a block (a crash in the native code)
+takes what was captured with it: rerun with ``-vv`` to see everything it printed.
 """
 from __future__ import annotations
 
