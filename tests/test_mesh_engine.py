@@ -129,6 +129,33 @@ def test_closed_driver_eyes_close_the_avatars_eyes(avatar, driver, judge):
         assert getattr(shut, side) < 0.6 * getattr(rest, side), (side, getattr(rest, side), getattr(shut, side))
 
 
+def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):
+    """The warp squeezes lashes and iris into the closing lid; the painted lid must not keep them as
+    streaks. Stripes drawn over the upper lid (as stretched lashes look) are gone once it is shut."""
+    from avatarcam.engines.mesh.eyes import CREASE_RIGHT, EyelidPainter
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    lid = np.concatenate([pts[list(tp.EYE_RIGHT_UPPER)], pts[list(CREASE_RIGHT[::-1])]])
+    inside = np.zeros(avatar.image.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(lid).astype(np.int32)], 1)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)).astype(bool)
+    assert inside.sum() > 100
+    image = avatar.image.copy()
+    columns = np.arange(image.shape[1])
+    stripes = np.where((columns // 3) % 2 == 0, 40, 200).astype(np.uint8)
+    image[inside] = stripes[np.nonzero(inside)[1]][:, None]
+
+    def streaks(img: np.ndarray) -> float:  # mean contrast between neighbouring 3-px columns
+        grey = img.astype(np.float32).mean(axis=2)
+        return float(np.abs(grey[:, 3:] - grey[:, :-3])[inside[:, 3:] & inside[:, :-3]].mean())
+
+    before = streaks(image)
+    EyelidPainter(image=avatar.image, landmarks=avatar.face.landmarks).paint(image, avatar.face.landmarks, (1.0, 0.0))
+    assert before > 100
+    after = streaks(image)
+    assert after < 0.1 * before, (before, after)
+
+
 def test_background_and_body_stay_put_in_photo_output(avatar, driver):
     image, points = driver
     engine = MeshEngine(output="photo", neutral_frames=1)

@@ -4,9 +4,10 @@ The warp alone closes an eye by folding the opening into a line, which leaves th
 and the lashes of the open eye stretched into a dark band that still reads as a slit. A real
 closing lid unfolds skin from the crease. So, as an eye closes (from 15 % closure on, fully from
 70 %), the lid region in target positions is blended toward the avatar's lid skin tone (sampled
-under the eye and under the brow), keeping some of the warped texture: fading in from under the
-brow to the crease (no outline of its own) and full from the crease to the lid edge; a thin lash
-line is drawn along the lid edge.
+under the eye and under the brow) mixed with the local tone of the warped image, blurred so the
+stretched lashes and the squeezed iris leave no streaks: fading in from under the brow to the
+crease (no outline of its own) and full from the crease to the lid edge; a thin lash line is drawn
+along the lid edge.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ UNDER_LEFT = np.array([340, 346, 347, 348, 349, 350, 448, 449, 450, 451], dtype=
 # The ring above the crease (below the brow).
 ABOVE_RIGHT = (113, 225, 224, 223, 222, 221, 189)
 ABOVE_LEFT = (342, 445, 444, 443, 442, 441, 413)
+
+LID_KEEP = 0.4  # share of the warped image's local tone in the lid skin
+LID_BLUR = 0.06  # its blur, in eye widths
 
 _EYES = (
     (tp.EYE_RIGHT_UPPER, CREASE_RIGHT, UNDER_RIGHT, ABOVE_RIGHT),
@@ -94,8 +98,10 @@ class EyelidPainter:
                           shift=4)
             lash = cv2.GaussianBlur(lash, (0, 0), 0.6)
             roi = out[y0:y1, x0:x1].astype(np.float32)
-            # Lid skin: the avatar's tone with a little of the warped texture left in.
-            lidded = 0.6 * skin + 0.4 * roi
+            # Lid skin: the avatar's tone with a little of the warped texture's local tone left in,
+            # blurred: sharp, that texture is the squeezed eye and the lashes stretched into streaks.
+            local = cv2.GaussianBlur(roi, (0, 0), max(1.0, LID_BLUR * width))
+            lidded = (1.0 - LID_KEEP) * skin + LID_KEEP * local
             roi = roi + (mask * alpha)[..., None] * (lidded - roi)
             roi = roi + (lash * alpha * 0.75)[..., None] * (skin * 0.3 - roi)
             out[y0:y1, x0:x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
