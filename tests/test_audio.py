@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ import pytest
 from avatarcam.audio import (AudioConfig, AudioPassthrough, DelayLine, DelaySmoother, IdleMotion,
                              SyntheticDriver, SyntheticExpression, VoiceMouth, audio_status, rms_dbfs)
 from avatarcam.audio import devices as devices_mod
+from avatarcam.audio import passthrough as passthrough_mod
 from avatarcam.errors import AudioError
 
 SR = 48000
@@ -44,6 +47,8 @@ MIC, OUT = "avatarcam_mic", "avatarcam_out"
     ({"input_device": ""}, "input_device"),
     ({"output_device": -1}, "-1"),
     ({"latency": "fast"}, "fast"),
+    ({"stall_s": 0.1}, "stall_s"),
+    ({"stall_s": -1}, "stall_s"),
 ])
 def test_config_rejects_bad_values(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -275,6 +280,98 @@ def test_missing_portaudio_gives_clear_message(monkeypatch):
         AudioPassthrough(config=AudioConfig(delay=0.1)).start()
 
 
+class _StandInStream:
+    """A PortAudio duplex stream stand-in, given to AudioPassthrough through its sounddevice import.
+    Each opening takes the next behaviour from ``plan``: ``silent`` opens and starts but never calls
+    back (the stalled ALSA start, an unplugged microphone), ``fails`` cannot be opened, ``runs``
+    calls back every 5 ms from its own thread."""
+
+    def __init__(self, plan: list[str], opened: list, **kwargs) -> None:
+        self.behaviour = plan.pop(0) if plan else "runs"
+        if self.behaviour == "fails":
+            raise RuntimeError("Error opening Stream: Device unavailable")
+        self.callback = kwargs["callback"]
+        self.latency = (0.01, 0.02)
+        self.started = self.aborted = self.closed = False
+        self._halt = threading.Event()
+        opened.append(self)
+
+    def start(self) -> None:
+        self.started = True
+        if self.behaviour == "runs":
+            threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        block = np.zeros((480, 1), np.float32)
+        out = np.zeros_like(block)
+        while not self._halt.wait(0.005):
+            self.callback(block, out, 480, None, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self._halt.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._halt.set()
+
+    @property
+    def active(self) -> bool:
+        return self.started and not (self.aborted or self.closed)
+
+
+@pytest.fixture
+def stand_in_audio(monkeypatch):
+    """(plan, opened): AudioPassthrough opens :class:`_StandInStream` streams following ``plan``."""
+    plan: list[str] = []
+    opened: list[_StandInStream] = []
+    fake = SimpleNamespace(Stream=lambda **kw: _StandInStream(plan, opened, **kw))
+    monkeypatch.setattr(passthrough_mod, "import_sounddevice", lambda: fake)
+    monkeypatch.setattr(passthrough_mod, "resolve_device", lambda spec, kind: devices_mod.ResolvedDevice(None))
+    monkeypatch.setattr(passthrough_mod, "FIRST_CALLBACK_GRACE_S", 0.3)
+    return plan, opened
+
+
+def _watchdogs() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "avatarcam-audio-watchdog"]
+
+
+def test_a_stalled_stream_is_reopened_and_a_failed_reopen_is_retried(stand_in_audio, caplog):
+    plan, opened = stand_in_audio
+    plan += ["silent", "fails", "runs"]
+    audio = AudioPassthrough(config=AudioConfig(delay=0.1, stall_s=0.3)).start()
+    try:
+        t_end = time.monotonic() + 10.0
+        while audio.blocks < 20:
+            assert time.monotonic() < t_end, f"no audio after the stall: {audio.restarts} restarts, {audio.blocks} blocks"
+            time.sleep(0.01)
+        assert audio.restarts == 2  # the silent stream, then the failed reopening
+        assert len(opened) == 2
+        assert opened[0].aborted and opened[0].closed
+        assert audio.running and opened[1].active
+        messages = [r.getMessage() for r in caplog.records if r.name == "avatarcam.audio.passthrough"]
+        assert any("no sound from the stream" in m for m in messages)
+        assert any("Device unavailable" in m and "Retrying" in m for m in messages)
+    finally:
+        audio.close()
+    assert opened[1].closed and not audio.running
+    assert _watchdogs() == []
+
+
+def test_a_running_stream_is_left_alone_and_the_watchdog_can_be_off(stand_in_audio):
+    plan, opened = stand_in_audio
+    plan += ["runs"]
+    with AudioPassthrough(config=AudioConfig(delay=0.1, stall_s=0.3)) as audio:
+        time.sleep(1.2)
+        assert audio.blocks > 50 and audio.restarts == 0 and len(opened) == 1
+    plan += ["silent"]
+    with AudioPassthrough(config=AudioConfig(delay=0.1, stall_s=0)) as audio:
+        assert _watchdogs() == []
+        time.sleep(0.6)
+        assert audio.blocks == 0 and audio.restarts == 0 and len(opened) == 2
+    assert opened[1].closed
+
+
 # ---------------------------------------------------------------------------------------------
 # the real audio stack
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +500,7 @@ def _bursts(burst: np.ndarray, times: list[float], seconds: float) -> np.ndarray
     return signal
 
 
-def _wait_for_blocks(audio: AudioPassthrough, blocks: int = 20, timeout: float = 15.0) -> None:
+def _wait_for_blocks(audio: AudioPassthrough, blocks: int = 20, timeout: float = 25.0) -> None:
     """Wait until the stream's callback runs steadily. PortAudio's ALSA duplex start over the
     PulseAudio plugin takes about 2 s here before the first callback."""
     t_end = time.monotonic() + timeout
@@ -438,6 +535,29 @@ def test_tone_reaches_only_the_named_sink(pulse, tmp_path):
     mic, out = mic_rec.stop(), out_rec.stop()
     assert _arrival(mic, burst, 0, len(mic) - len(burst))[1] > 0.99
     assert np.abs(out).max() < 1e-3
+
+
+def test_stalled_stream_on_pulseaudio_is_reopened_and_plays_again(pulse):
+    """A real stall: the output sink suspended under a running duplex stream stops its callbacks;
+    the watchdog aborts that ALSA stream and opens a new one, which plays once the sink is back."""
+    audio = AudioPassthrough(config=AudioConfig(enabled=True, input_device=MIC, output_device=OUT, delay=0.1,
+                                                stall_s=1.0)).start()
+    try:
+        _wait_for_blocks(audio)
+        assert _pactl("suspend-sink", OUT, "1").returncode == 0
+        try:
+            t_end = time.monotonic() + 10.0
+            while audio.restarts < 1:
+                assert time.monotonic() < t_end, "the watchdog did not reopen the stalled stream"
+                time.sleep(0.05)
+        finally:
+            assert _pactl("suspend-sink", OUT, "0").returncode == 0
+        before = audio.blocks
+        _wait_for_blocks(audio, blocks=before + 20)
+        assert audio.running
+    finally:
+        audio.close()
+    assert [t for t in threading.enumerate() if t.name == "avatarcam-audio-watchdog"] == []
 
 
 def test_passthrough_delay_and_voice_mouth_on_pulseaudio(pulse, tmp_path):

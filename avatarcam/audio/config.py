@@ -39,6 +39,10 @@ class AudioConfig:
     ``open_db`` the mouth opens linearly; ``attack_s``/``release_s`` are the time constants of the
     opening and closing. ``voice_mode``: ``"fallback"`` drives the mouth from the voice only while no
     face is tracked, ``"always"`` always (users without a camera), ``"off"`` never.
+
+    ``stall_s``: when the stream delivers no audio for this long (a driver that hangs on start, a
+    microphone unplugged during a call), it is closed and opened again, and again every ``stall_s``
+    until it works; 0 turns this watchdog off.
     """
 
     enabled: bool = False
@@ -58,6 +62,7 @@ class AudioConfig:
     open_db: float = -15.0
     attack_s: float = 0.03
     release_s: float = 0.15
+    stall_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -101,6 +106,9 @@ class AudioConfig:
             raise ValueError(f"open_db ({self.open_db}) must be above gate_db ({self.gate_db})")
         _check_positive("attack_s", self.attack_s)
         _check_positive("release_s", self.release_s)
+        if (isinstance(self.stall_s, bool) or not isinstance(self.stall_s, (int, float))
+                or not (self.stall_s == 0 or 0.2 <= self.stall_s <= 60)):
+            raise ValueError(f"stall_s must be 0 (off) or 0.2..60 s, got {self.stall_s!r}")
 
     @property
     def fixed_delay_s(self) -> float | None:

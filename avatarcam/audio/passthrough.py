@@ -26,9 +26,17 @@ Delay: a fixed ``AudioConfig.delay`` in seconds, or ``"auto"``, in which the pip
 :meth:`AudioPassthrough.set_target_delay` with its glass-to-glass latency (p50); the figure is
 smoothed, the audio path's own latency is subtracted, and the delay only moves by more than
 ``delay_hysteresis_s``, each move crossfaded over ``crossfade_s``.
+
+A watchdog thread reopens the stream when no callback has come for ``AudioConfig.stall_s`` (a new
+stream gets at least :data:`FIRST_CALLBACK_GRACE_S` for its first one): the ALSA plugin for
+PulseAudio occasionally never starts a duplex stream, and a suspended or unplugged device stops it. It retries every ``stall_s`` until a stream runs again
+(:attr:`AudioPassthrough.restarts` counts the reopenings); the video is never held up by it.
 """
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +46,12 @@ from avatarcam.audio.delay import DelayLine, DelaySmoother
 from avatarcam.audio.devices import import_sounddevice, pulse_routing, resolve_device
 from avatarcam.audio.voice import SILENCE_DB, rms_dbfs
 from avatarcam.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+# How long a newly opened stream may take to deliver its first block before the watchdog counts it
+# as stalled: the ALSA plugin for PulseAudio takes about 2 s (see above).
+FIRST_CALLBACK_GRACE_S = 4.0
 
 
 class AudioPassthrough:
@@ -66,6 +80,10 @@ class AudioPassthrough:
         self._level_db = SILENCE_DB
         self._xruns = 0
         self._blocks = 0
+        self._restarts = 0
+        self._lock = threading.Lock()  # opening and closing the stream
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     # -- audio thread -------------------------------------------------------------------------
     def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
@@ -82,8 +100,17 @@ class AudioPassthrough:
     # -- control ------------------------------------------------------------------------------
     def start(self) -> "AudioPassthrough":
         """Open and start the stream. Raises :class:`AudioError` with what to do when it cannot."""
-        if self._stream is not None:
-            return self
+        with self._lock:
+            if self._stream is not None:
+                return self
+            self._stream = self._open()
+            if self.config.stall_s > 0 and self._watchdog is None:
+                self._stop.clear()
+                self._watchdog = threading.Thread(target=self._watch, name="avatarcam-audio-watchdog", daemon=True)
+                self._watchdog.start()
+        return self
+
+    def _open(self) -> Any:
         cfg = self.config
         sd = import_sounddevice()
         source = resolve_device(cfg.input_device, "input")
@@ -104,17 +131,45 @@ class AudioPassthrough:
         except Exception as exc:
             stream.close()
             raise AudioError(f"cannot start the audio stream: {exc}. Check the devices with `avatarcam devices`.") from exc
-        self._stream = stream
-        return self
+        return stream
+
+    def _watch(self) -> None:
+        """Reopen the stream whenever ``stall_s`` passes without a callback. A newly opened stream
+        is not judged before :data:`FIRST_CALLBACK_GRACE_S` (its start can be slow and uneven)."""
+        stall = self.config.stall_s
+        grace = max(stall, FIRST_CALLBACK_GRACE_S)
+        seen, last_block = self._blocks, time.monotonic()
+        opened_at = last_block
+        while not self._stop.wait(min(0.25, stall / 4.0)):
+            now = time.monotonic()
+            if self._blocks != seen:
+                seen, last_block = self._blocks, now
+                continue
+            if now - opened_at < grace or now - last_block < stall:
+                continue
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                log.warning("audio: no sound from the stream for %.1f s; reopening it", now - last_block)
+                old, self._stream = self._stream, None
+                _abort(old)
+                try:
+                    self._stream = self._open()
+                except AudioError as exc:
+                    log.warning("audio: %s Retrying in %.0f s.", exc, grace)
+                self._restarts += 1
+            seen, last_block = self._blocks, time.monotonic()
+            opened_at = last_block
 
     def close(self) -> None:
-        """Stop and close the stream (idempotent)."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-            finally:
-                stream.close()
+        """Stop the watchdog, then stop and close the stream (idempotent)."""
+        self._stop.set()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog is not threading.current_thread():
+            watchdog.join(timeout=5.0)
+        with self._lock:
+            stream, self._stream = self._stream, None
+        _abort(stream)  # not stop(): a stalled stream never drains, and the last block's sound is not missed
 
     def __enter__(self) -> "AudioPassthrough":
         return self.start()
@@ -173,3 +228,23 @@ class AudioPassthrough:
     def blocks(self) -> int:
         """Blocks processed since start."""
         return self._blocks
+
+    @property
+    def restarts(self) -> int:
+        """Times the watchdog reopened a stream that had stopped delivering audio."""
+        return self._restarts
+
+
+def _abort(stream: Any) -> None:
+    """Stop a stream at once and close it (``stop`` waits for buffers that a stalled stream never
+    drains); errors from a device that is gone are logged at debug level, the stream dropped anyway."""
+    if stream is None:
+        return
+    try:
+        stream.abort()
+    except Exception as exc:  # noqa: BLE001 - a dead device may fail either call; the stream is dropped anyway
+        log.debug("audio: abort failed: %s", exc)
+    try:
+        stream.close()
+    except Exception as exc:  # noqa: BLE001
+        log.debug("audio: close failed: %s", exc)
