@@ -105,6 +105,15 @@ class FlakySource:
         self.log.append("close")
 
 
+def test_capture_thread_closes_cleanly_when_never_started():
+    """A live session that fails before its loop runs closes a capture thread that never started."""
+    opened = []
+    cap = CaptureThread(open_source=lambda: opened.append(1), mailbox=Mailbox(), stats=Stats())
+    cap.close()
+    cap.close()
+    assert opened == [] and not cap._thread.is_alive()
+
+
 def test_capture_thread_retries_until_the_camera_is_back():
     log: list[str] = []
     attempts = {"n": 0}

@@ -79,4 +79,5 @@ class CaptureThread:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        if self._thread.ident is not None:  # a session closed before it ran never started the thread
+            self._thread.join(timeout=5.0)
