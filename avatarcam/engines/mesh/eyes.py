@@ -28,7 +28,7 @@ UNDER_LEFT = np.array([340, 346, 347, 348, 349, 350, 448, 449, 450, 451], dtype=
 ABOVE_RIGHT = (113, 225, 224, 223, 222, 221, 189)
 ABOVE_LEFT = (342, 445, 444, 443, 442, 441, 413)
 
-LID_KEEP = 0.4  # share of the warped image's local tone in the lid skin
+LID_KEEP = 0.2  # share of the warped image's local tone in the lid skin
 LID_BLUR = 0.06  # its blur, in eye widths
 
 _EYES = (
