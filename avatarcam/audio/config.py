@@ -41,8 +41,9 @@ class AudioConfig:
     face is tracked, ``"always"`` always (users without a camera), ``"off"`` never.
 
     ``stall_s``: when the stream delivers no audio for this long (a driver that hangs on start, a
-    microphone unplugged during a call), it is closed and opened again, and again every ``stall_s``
-    until it works; 0 turns this watchdog off.
+    microphone unplugged during a call), it is closed and opened again, and again until one works
+    (each new stream first gets ``passthrough.FIRST_CALLBACK_GRACE_S``, 4 s, to start); 0 turns this
+    watchdog off.
     """
 
     enabled: bool = False

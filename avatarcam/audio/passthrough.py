@@ -28,9 +28,10 @@ smoothed, the audio path's own latency is subtracted, and the delay only moves b
 ``delay_hysteresis_s``, each move crossfaded over ``crossfade_s``.
 
 A watchdog thread reopens the stream when no callback has come for ``AudioConfig.stall_s`` (a new
-stream gets at least :data:`FIRST_CALLBACK_GRACE_S` for its first one): the ALSA plugin for
-PulseAudio occasionally never starts a duplex stream, and a suspended or unplugged device stops it. It retries every ``stall_s`` until a stream runs again
-(:attr:`AudioPassthrough.restarts` counts the reopenings); the video is never held up by it.
+stream is first given :data:`FIRST_CALLBACK_GRACE_S` to start): the ALSA plugin for PulseAudio
+occasionally never starts a duplex stream, and a suspended or unplugged device stops one. It keeps
+retrying until a stream runs again (:attr:`AudioPassthrough.restarts` counts the reopenings); the
+video never waits for it.
 """
 from __future__ import annotations
 
