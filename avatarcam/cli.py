@@ -218,22 +218,37 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     from avatarcam.live import LiveSession
 
     config = resolve_config(args)
-    with LiveSession(config=config, engine_factory=lambda cfg: _engine_for(args, cfg)) as session:
-        # SIGTERM (a service manager, `timeout`, closing the terminal) ends the loop like Q, so files are
-        # finalised and the camera released instead of being cut off mid-write. request_stop, not stop:
-        # the handler may interrupt the main thread while it holds the lock that stop() takes.
-        import signal
+    # SIGTERM (a service manager, `timeout`, closing the terminal) ends the loop like Q, so files are
+    # finalised and the camera released instead of being cut off mid-write. The handler stays until the
+    # session is closed: a SIGTERM often comes twice (`timeout` signals the process group and `make`
+    # passes its own on), and one arriving after the loop but before the sinks close must not kill the
+    # process with a half-written file. request_stop, not stop: the handler may interrupt the main
+    # thread while it holds the lock that stop() takes.
+    live: list[LiveSession] = []
+    terminated = False
 
-        previous = signal.signal(signal.SIGTERM, lambda *_: session.pipeline.request_stop())
-        try:
+    def on_sigterm(*_: object) -> None:
+        nonlocal terminated
+        terminated = True
+        if live:
+            live[0].pipeline.request_stop()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with LiveSession(config=config, engine_factory=lambda cfg: _engine_for(args, cfg)) as session:
+            live.append(session)
+            if terminated:  # asked to stop while the session was starting
+                session.pipeline.request_stop()
             session.run(duration=getattr(args, "duration", None))
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        if config.stats:
-            print(json.dumps(session.pipeline.stats.snapshot().as_dict(), indent=2))
+            if config.stats:
+                print(json.dumps(session.pipeline.stats.snapshot().as_dict(), indent=2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

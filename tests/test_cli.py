@@ -85,6 +85,33 @@ def test_sigterm_finalises_the_output_file(tmp_path, driving_video, avatar_photo
     assert n > 5 and fps == 30
 
 
+def test_repeated_sigterm_still_finalises_the_output_file(tmp_path, driving_video, avatar_photo):
+    """`timeout make run` delivers SIGTERM twice (timeout signals the process group, make passes its
+    own on). A signal that lands after the loop has ended but before the sinks are closed must not
+    kill the run with a half-written file: SIGTERM every 20 ms until the process is gone."""
+    import signal
+    import time
+
+    out = tmp_path / "burst.mp4"
+    exe = REPO / ".venv" / "bin" / "avatarcam"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
+    proc = subprocess.Popen([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--driving",
+                             str(driving_video), "--sink", "file", "--out", str(out), "--width", "320",
+                             "--height", "180"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    deadline = time.time() + 30
+    while proc.poll() is None and time.time() < deadline:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    # Once everything is closed, a last SIGTERM may still end the process itself; the file must be whole.
+    assert proc.wait(5) in (0, -signal.SIGTERM)
+    n, fps = frame_count(out)
+    assert n > 5 and fps == 30
+
+
 def test_missing_camera_is_explained_once_not_flooded(tmp_path, avatar_photo):
     """No camera at the given path: the live run keeps streaming its placeholder and says, once, what to
     do (OpenCV's own two warnings per retry are silenced), then stops cleanly at --duration."""
