@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import pytest
@@ -8,6 +10,24 @@ import pytest
 from avatarcam.cli import main
 
 from conftest import REPO, avatarcam_threads
+
+
+def avatarcam_cmd() -> list[str]:
+    """The console script of the project's venv, or the module when there is none."""
+    exe = REPO / ".venv" / "bin" / "avatarcam"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
+
+
+def start_run_to_file(out, driving_video, avatar_photo) -> subprocess.Popen:
+    """A live run (the video as the camera) writing ``out``, returned once the file has grown."""
+    proc = subprocess.Popen([*avatarcam_cmd(), "run", "--engine", "passthrough", "--avatar", str(avatar_photo),
+                             "--driving", str(driving_video), "--sink", "file", "--out", str(out), "--width", "320",
+                             "--height", "180"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    return proc
 
 
 def frame_count(path):
@@ -53,8 +73,7 @@ def test_bad_input_exits_with_a_clear_error(argv, needle, capsys):
 
 
 def test_console_script_and_doctor_run():
-    exe = REPO / ".venv" / "bin" / "avatarcam"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
+    cmd = avatarcam_cmd()
     r = subprocess.run([*cmd, "doctor"], capture_output=True, text=True, timeout=120)
     assert r.returncode in (0, 1), r.stderr
     assert "landmark models" in r.stdout and "virtual camera" in r.stdout
@@ -66,19 +85,8 @@ def test_console_script_and_doctor_run():
 
 def test_sigterm_finalises_the_output_file(tmp_path, driving_video, avatar_photo):
     """A terminated live run still leaves a playable mp4 (the loop stops and the sinks close)."""
-    import signal
-    import time
-
     out = tmp_path / "term.mp4"
-    exe = REPO / ".venv" / "bin" / "avatarcam"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
-    proc = subprocess.Popen([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--driving",
-                             str(driving_video), "--sink", "file", "--out", str(out), "--width", "320",
-                             "--height", "180"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
-        time.sleep(0.2)
-    time.sleep(0.5)
+    proc = start_run_to_file(out, driving_video, avatar_photo)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     n, fps = frame_count(out)
@@ -89,19 +97,8 @@ def test_repeated_sigterm_still_finalises_the_output_file(tmp_path, driving_vide
     """`timeout make run` delivers SIGTERM twice (timeout signals the process group, make passes its
     own on). A signal that lands after the loop has ended but before the sinks are closed must not
     kill the run with a half-written file: SIGTERM every 20 ms until the process is gone."""
-    import signal
-    import time
-
     out = tmp_path / "burst.mp4"
-    exe = REPO / ".venv" / "bin" / "avatarcam"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
-    proc = subprocess.Popen([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--driving",
-                             str(driving_video), "--sink", "file", "--out", str(out), "--width", "320",
-                             "--height", "180"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
-        time.sleep(0.2)
-    time.sleep(0.5)
+    proc = start_run_to_file(out, driving_video, avatar_photo)
     deadline = time.time() + 30
     while proc.poll() is None and time.time() < deadline:
         proc.send_signal(signal.SIGTERM)
@@ -115,10 +112,8 @@ def test_repeated_sigterm_still_finalises_the_output_file(tmp_path, driving_vide
 def test_missing_camera_is_explained_once_not_flooded(tmp_path, avatar_photo):
     """No camera at the given path: the live run keeps streaming its placeholder and says, once, what to
     do (OpenCV's own two warnings per retry are silenced), then stops cleanly at --duration."""
-    exe = REPO / ".venv" / "bin" / "avatarcam"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "avatarcam.cli"]
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
-    r = subprocess.run([*cmd, "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--camera",
+    r = subprocess.run([*avatarcam_cmd(), "run", "--engine", "passthrough", "--avatar", str(avatar_photo), "--camera",
                         "/dev/video-missing-77", "--sink", "null", "--duration", "5"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
