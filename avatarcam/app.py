@@ -14,6 +14,9 @@ from avatarcam.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
+#: A live session shrinks an avatar photo only when that takes its sides down to this share or less.
+FIT_MAX_SCALE = 0.85
+
 
 def engine_options(config: AppConfig) -> dict[str, Any]:
     """Constructor keywords for the configured engine."""
@@ -54,6 +57,23 @@ def build_cropper(config: AppConfig):
 def build_compositor(config: AppConfig, *, width: int | None = None, height: int | None = None) -> Compositor:
     o = config.output
     return Compositor(width=width or o.width, height=height or o.height, fit=o.fit, mirror=o.mirror, pad=o.pad)
+
+
+def fit_avatar(avatar: Avatar, compositor: Compositor, crop_size: int | None = None) -> Avatar:
+    """``avatar`` at the resolution a live session needs: its photo shrunk to the size the output
+    canvas shows it at, but never so far that the face box falls below ``crop_size`` (the engine's
+    face crop). A 12-megapixel phone photo would otherwise be warped and pasted back at full size
+    every frame, only to be shrunk again into a 1280 x 720 canvas."""
+    focus = avatar.face.box if avatar.face is not None else None
+    scale = compositor.photo_scale((avatar.image.shape[1], avatar.image.shape[0]), focus)
+    if crop_size:
+        scale = max(scale, crop_size / max(avatar.box.side, 1.0))
+    if scale > FIT_MAX_SCALE:
+        return avatar
+    fitted = avatar.scaled(scale)
+    log.info("avatar %s: photo %dx%d used at %dx%d for a %sx%s output", avatar.name, avatar.image.shape[1],
+             avatar.image.shape[0], fitted.image.shape[1], fitted.image.shape[0], compositor.width, compositor.height)
+    return fitted
 
 
 def build_sinks(config: AppConfig, *, on_key: Callable[[int], None] | None = None) -> list[Sink]:

@@ -111,6 +111,17 @@ class Compositor:
         x0, y0 = int(round(x0)), int(round(y0))
         return x0, y0, min(w, x0 + int(round(ww))), min(h, y0 + int(round(wh)))
 
+    def photo_scale(self, size: tuple[int, int], focus: Box | None = None) -> float:
+        """How much :meth:`compose` resizes a ``size`` = (w, h) photo framed on ``focus``: below 1 it
+        shrinks it, so pixels beyond that are never seen (1.0 without a canvas size)."""
+        if self.width is None or self.height is None:
+            return 1.0
+        win = self.window(size, focus)
+        w, h = (win[2] - win[0], win[3] - win[1]) if win is not None else size
+        sx, sy = self.width / max(w, 1), self.height / max(h, 1)
+        fit = "letterbox" if self.fit == "face" else self.fit
+        return min(sx, sy) if fit == "letterbox" else max(sx, sy)
+
     def compose(self, image: np.ndarray, focus: Box | None = None) -> np.ndarray:
         win = self.window((image.shape[1], image.shape[0]), focus)
         if win is not None:

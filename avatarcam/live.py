@@ -5,12 +5,13 @@ Hotkeys from the preview window and requests to the control API both become comm
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Callable, Sequence
 
 from avatarcam.app import (build_compositor, build_cropper, build_sinks, build_tracker, engine_options,
-                           load_avatars, pick_avatar)
+                           fit_avatar, load_avatars, pick_avatar)
 from avatarcam.avatars.types import Avatar
 from avatarcam.config import AppConfig
 from avatarcam.control_api import ApiConfig, ControlApi
@@ -63,6 +64,13 @@ class LiveSession:
             if self.tracker is not None:
                 self._closers.append(self.tracker.close)
             self.compositor = build_compositor(config)
+            # Every avatar at the resolution this output needs (see fit_avatar), before anything uses it.
+            crop_size = getattr(self.engine, "size", None)
+            fit = functools.partial(fit_avatar, compositor=self.compositor, crop_size=crop_size)
+            self.avatar = fit(self.avatar)
+            switchable = [self.avatar if a.content_hash == self.avatar.content_hash else fit(a) for a in switchable]
+            if reload is not None:
+                reload = self._fitted(reload, fit)
             self.processor = FrameProcessor(engine=self.engine, compositor=self.compositor, tracker=self.tracker,
                                             cropper=build_cropper(config), crossfade_s=controls.crossfade_s)
             self._closers.append(self.processor.close)
@@ -122,6 +130,10 @@ class LiveSession:
             return extra + list(self.library)
 
         return reload
+
+    @staticmethod
+    def _fitted(reload: Callable[[], list[Avatar]], fit: Callable[[Avatar], Avatar]) -> Callable[[], list[Avatar]]:
+        return lambda: [fit(a) for a in reload()]
 
     def on_key(self, key: int) -> None:
         """A key code from the preview window (``cv2.waitKeyEx``): run its hotkey, if any."""

@@ -100,7 +100,8 @@ class FrameProcessor:
 
     # -- avatars ---------------------------------------------------------------------------------
     def _key(self, avatar: Avatar) -> str:
-        return f"{self.engine.name}:{avatar.content_hash}"
+        h, w = avatar.image.shape[:2]  # the same photo at another resolution is prepared apart
+        return f"{self.engine.name}:{avatar.content_hash}:{w}x{h}"
 
     def cached(self, avatar: Avatar) -> bool:
         with self._lock:

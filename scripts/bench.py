@@ -59,7 +59,7 @@ def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, 
                fps: float, output: str = "photo") -> list[dict]:
     """Per engine: offline throughput (every frame, as fast as possible) and live latency (paced loop)."""
 
-    from avatarcam.app import build_cropper, build_tracker, engine_options
+    from avatarcam.app import build_cropper, build_tracker, engine_options, fit_avatar
     from avatarcam.avatars.library import load_avatar
     from avatarcam.compositing import Compositor
     from avatarcam.config import AppConfig, EngineConfig, OutputConfig
@@ -71,19 +71,21 @@ def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, 
     from avatarcam.sources import VideoFileSource
 
     rows = []
-    av = load_avatar(avatar)
+    photo = load_avatar(avatar)
     for name in engines:
         ecfg = EngineConfig(name=name, output=output, **({"size": size} if size else {}))
         config = AppConfig(engine=ecfg, output=OutputConfig(fps=fps))
         engine = create_engine(name, **engine_options(config))
         tracker = build_tracker(config)
+        compositor = Compositor(width=config.output.width, height=config.output.height)
+        av = fit_avatar(photo, compositor, getattr(engine, "size", None))  # as a live session does
         try:
             res = render_video(avatar=av, driving=video, engine=engine, sink=NullSink(), tracker=tracker,
                                cropper=build_cropper(config), progress=False,
-                               compositor=Compositor(width=config.output.width, height=config.output.height))
+                               compositor=compositor)
             thr = res.frames / res.seconds
             stage = res.stats["stage_ms"]
-            proc = FrameProcessor(engine=engine, compositor=Compositor(width=1280, height=720), tracker=tracker,
+            proc = FrameProcessor(engine=engine, compositor=compositor, tracker=tracker,
                                   cropper=build_cropper(config))
             proc.set_avatar(av)
             with Pipeline(open_source=lambda: VideoFileSource(path=video, realtime=True, loop=True),
@@ -91,7 +93,8 @@ def bench_loop(engines: list[str], video: Path, avatar: Path, size: int | None, 
                 p.run(duration=seconds, until_input_ends=False)
             snap = p.stats.snapshot()
             rows.append({
-                "engine": name, "size": ecfg.size, "output": output, "throughput_fps": thr,
+                "engine": name, "size": ecfg.size, "output": output,
+                "photo": "x".join(map(str, av.image.shape[1::-1])), "throughput_fps": thr,
                 "landmarks_ms": stage.get("landmarks", {}).get("p50"), "engine_ms": stage.get("engine", {}).get("p50"),
                 "compose_ms": stage.get("compose", {}).get("p50"),
                 "live_in_fps": snap.input_fps, "live_engine_fps": snap.engine_fps, "live_out_fps": snap.output_fps,

@@ -270,3 +270,23 @@ def test_library_missing_folder_is_a_problem_not_a_crash(tmp_path, avatar_cache)
     assert lib.names == ["astronaut"]
     assert lib.problems and "does not exist" in lib.problems[0][1]
     assert AvatarLibrary(folder=None, cache_dir=avatar_cache, include_default=False).names == []
+
+
+@pytest.mark.parametrize("factor", [0.37, 1.6])
+def test_a_scaled_avatar_keeps_its_face_where_the_photo_shows_it(data_dir, avatar_cache, counting, factor):
+    avatar = load_avatar(data_dir / "avatar_obama_photo.jpg", tracker=counting, cache_dir=avatar_cache)
+    scaled = avatar.scaled(factor)
+    h, w = avatar.image.shape[:2]
+    assert scaled.image.shape == (round(h * factor), round(w * factor), 3)
+    assert (scaled.name, scaled.content_hash, scaled.path) == (avatar.name, avatar.content_hash, avatar.path)
+    # The tracker, run on the scaled photo itself, finds the face where the scaled landmarks say.
+    found = counting.detect(scaled.image, 0).face.points
+    size = face_size(found)
+    error = np.linalg.norm(found[:, :2] - scaled.face.landmarks[:, :2], axis=1)
+    assert np.median(error) < 0.02 * size, f"median landmark error {np.median(error):.1f} px, face {size:.0f} px"
+    box = avatar.face.box
+    assert scaled.face.box.side == pytest.approx(box.side * factor, rel=0.005)
+    assert (scaled.face.box.cx, scaled.face.box.cy) == pytest.approx((box.cx * factor, box.cy * factor), rel=0.005)
+    assert avatar.scaled(1.0) is avatar
+    with pytest.raises(ValueError):
+        avatar.scaled(0.0)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from avatarcam.compositing import Compositor, paste_back
 from avatarcam.geometry import Box
@@ -69,3 +70,21 @@ def test_compositor_rejects_an_unknown_pad():
 
     with pytest.raises(ValueError, match="pad"):
         Compositor(width=64, height=36, pad="grey")
+
+
+@pytest.mark.parametrize("fit", ["face", "letterbox", "crop", "stretch"])
+def test_photo_scale_is_the_resize_compose_applies(fit):
+    photo = np.zeros((1600, 1200, 3), np.uint8)
+    face = Box(600.0, 700.0, 400.0)
+    photo[500:900, 400:800] = 255  # the face: a white 400-pixel square
+    c = Compositor(width=640, height=360, fit=fit, pad="black")
+    out = c.compose(photo, face)
+    rows = np.flatnonzero((out[..., 0] > 128).any(axis=1))
+    scale = c.photo_scale((1200, 1600), face)
+    if fit == "stretch":  # each axis its own: the scale is the larger one (no pixel beyond it is seen)
+        cols = np.flatnonzero((out[..., 0] > 128).any(axis=0))
+        assert scale == pytest.approx(max(cols.size, rows.size) / 400, abs=0.01)
+    else:
+        assert rows.size == pytest.approx(400 * scale, abs=2)
+    assert scale < 1.0
+    assert Compositor(width=None, height=None).photo_scale((1200, 1600), face) == 1.0

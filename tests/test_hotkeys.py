@@ -314,7 +314,10 @@ def test_mesh_engine_overlay_lines_the_driver_up_with_the_avatar(driving_video, 
         (avatar_pts, avatar_colour), (driver_pts, driver_colour) = layers.points
         assert avatar_colour != driver_colour and layers.ghost.shape == out.image.shape
         # the photo is letterboxed to a 90 x 90 square at x 35..125: the avatar's landmarks land on its face
-        expected = c.processor.compositor.map_points(avatar.face.landmarks, (624, 624))
+        # (the session's copy of the photo, fitted to the 160 x 90 output: see app.fit_avatar)
+        shown = c.processor.avatar
+        assert shown.content_hash == avatar.content_hash and shown.image.shape[0] < 624
+        expected = c.processor.compositor.map_points(shown.face.landmarks, shown.image.shape[1::-1])
         np.testing.assert_allclose(avatar_pts, expected, atol=1e-3)
         assert (avatar_pts[:, 0].min() > 35) and (avatar_pts[:, 0].max() < 125)
         # the driver's face, mapped through both crops, sits where the avatar's face is
@@ -341,6 +344,7 @@ def test_fomm_engine_best_frame_and_calibrate_keys(driving_video, data_dir, tmp_
     config = live_config(driving_video, engine="fomm-tiny")  # any name but "fomm": no installed weights looked up
     with running(config, engine=engine, avatars=[avatar]) as live:
         proc = live.session.processor
+        avatar = proc.avatar  # the session's copy, fitted to the 160 x 90 output (app.fit_avatar)
         assert proc.prepare(avatar).landmarks is None  # prepared without best-frame search
         press(live, "f")
         wait_for(lambda: engine.options.find_best_frame, what="fomm find_best_frame on")

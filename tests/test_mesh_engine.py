@@ -328,3 +328,31 @@ def test_calibration_round_trip(avatar, driver):
 def test_only_the_driver_fill_reads_driving_pixels():
     assert MeshEngine(mouth_fill="synthetic").reads_drive_pixels is False
     assert MeshEngine(mouth_fill="driver").reads_drive_pixels is True
+
+
+def test_a_large_photo_is_animated_at_the_resolution_the_output_shows(avatar, driver):
+    """A phone-sized photo (here the Obama photo upscaled to 2790 px) is fitted to a 1280 x 720
+    output before it is animated: the canvas is the same as when the whole photo is warped."""
+    from avatarcam.app import fit_avatar
+    from avatarcam.compositing import Compositor
+
+    image, points = driver
+    big = avatar.scaled(3.0)
+    compositor = Compositor(width=1280, height=720)
+    fitted = fit_avatar(big, compositor, crop_size=512)
+    assert fitted.image.shape[0] < 0.4 * big.image.shape[0]
+    assert fitted.box.side >= 511  # the face never below the engine's crop size
+    assert fit_avatar(fitted, compositor, crop_size=512) is fitted  # already fitted: left alone
+    moved = opened(rotated(points, 8.0), 0.15)
+    canvases = []
+    for av in (big, fitted):
+        engine = MeshEngine(output="photo", neutral_frames=1)
+        prepared = engine.prepare(av)
+        rest = compositor.compose(engine.animate(prepared, drive_of(image, points, 0)), av.face.box)
+        out = compositor.compose(engine.animate(prepared, drive_of(image, moved, 1)), av.face.box)
+        canvases.append((rest, out))
+    (rest_big, out_big), (rest_fit, out_fit) = canvases
+    motion = np.abs(out_big.astype(float) - rest_big).mean()
+    diff = np.abs(out_fit.astype(float) - out_big).mean()
+    assert motion > 4.0, "the head did not move"
+    assert diff < 0.15 * motion and diff < 2.0, (diff, motion)

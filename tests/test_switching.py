@@ -273,12 +273,16 @@ def test_mesh_engine_switching_keeps_whole_frames(driving_video, avatar_photo, t
         mark = live.sink.count
         for i in (2, 1, 2):
             live.controller.execute("avatar", {"index": i})
-            wait_for(lambda: live.session.processor.avatar is avatars[i - 1], timeout=30, what="mesh switch")
+            # The session shows its own copy, fitted to the 160 x 90 output (see app.fit_avatar).
+            wait_for(lambda: live.session.processor.avatar.content_hash == avatars[i - 1].content_hash,
+                     timeout=30, what="mesh switch")
             live.frames_after(live.sink.count, 4)
         frames = live.since(mark)
     for f in frames:
         picture = f.image[:, 35:125]
         assert picture.mean() > 20 and picture.std() > 5, "an empty or black frame"
+    shown = live.session.processor.avatar
+    assert shown.image.shape[0] < avatars[0].image.shape[0], "the 930-pixel photo was not fitted to the output"
 
 
 def test_untouched_avatars_leave_no_settings_behind(tmp_path, driving_video):

@@ -1,9 +1,11 @@
 """The avatar record every engine consumes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from avatarcam.geometry import Box, crop_square
@@ -46,3 +48,24 @@ class Avatar:
     def crop(self, size: int) -> np.ndarray:
         """The square face crop at ``size x size`` (RGB uint8)."""
         return crop_square(self.image, self.box, size)
+
+    def scaled(self, factor: float) -> "Avatar":
+        """This avatar with its photo resized by ``factor`` (area filter when shrinking) and its
+        landmarks and face box moved with it. Name, path and content hash stay: it is the same photo."""
+        if not factor > 0:
+            raise ValueError(f"scale factor must be positive, got {factor}")
+        h, w = self.image.shape[:2]
+        nw, nh = max(1, round(w * factor)), max(1, round(h * factor))
+        if (nw, nh) == (w, h):
+            return self
+        interpolation = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_CUBIC
+        image = cv2.resize(self.image, (nw, nh), interpolation=interpolation)
+        face = self.face
+        if face is not None:
+            # Landmarks are normalised coordinates times the image size, so they scale with the sides;
+            # MediaPipe's depth is in the x axis' units.
+            fx, fy = nw / w, nh / h
+            points = np.asarray(face.landmarks, dtype=np.float32) * np.array([fx, fy, fx], dtype=np.float32)
+            box = face.box
+            face = AvatarFace(landmarks=points, box=Box(box.cx * fx, box.cy * fy, box.side * (fx + fy) / 2.0))
+        return dataclasses.replace(self, image=image, face=face)
