@@ -132,8 +132,7 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatarcam", description="A still photo as a live, animated webcam.")
-    parser.add_argument("--config", help="TOML config file (see `avatarcam config --print`)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    _add_global_args(parser, default_config=None, default_verbose=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="live: camera -> engine -> virtual camera + preview")
@@ -169,7 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_parser = None
     if add_serve_parser is not None:
         add_serve_parser(sub)
+    # The global options work after the command too (`avatarcam run --config my.toml -v`); there
+    # they only override what was given before it.
+    for command in sub.choices.values():
+        _add_global_args(command, default_config=argparse.SUPPRESS, default_verbose=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_args(p: argparse.ArgumentParser, *, default_config: Any, default_verbose: Any) -> None:
+    p.add_argument("--config", default=default_config, help="TOML config file (see `avatarcam config --print`)")
+    p.add_argument("-v", "--verbose", action="count", default=default_verbose,
+                   help="more log detail (-vv: debug, and every line of the native libraries)")
 
 
 def _add_worker_args(p: argparse.ArgumentParser) -> None:

@@ -119,3 +119,19 @@ def test_missing_camera_is_explained_once_not_flooded(tmp_path, avatar_photo):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("cannot be opened") == 1 and "--driving FILE" in r.stderr, r.stderr
     assert "[ WARN" not in r.stderr, r.stderr
+
+
+def test_global_options_work_before_and_after_the_command(tmp_path, capsys):
+    from avatarcam.cli import build_parser
+
+    parser = build_parser()
+    assert (parser.parse_args(["run"]).verbose, parser.parse_args(["run"]).config) == (0, None)
+    assert parser.parse_args(["-v", "run"]).verbose == 1
+    assert parser.parse_args(["run", "-vv"]).verbose == 2
+    assert parser.parse_args(["--config", "a.toml", "render", "--driving", "d", "--out", "o"]).config == "a.toml"
+    assert parser.parse_args(["--config", "a.toml", "doctor", "--config", "b.toml"]).config == "b.toml"
+    toml = tmp_path / "mine.toml"
+    toml.write_text("[output]\nwidth = 640\nheight = 360\n")
+    assert main(["config", "--print", "--config", str(toml)]) == 0
+    printed = capsys.readouterr().out
+    assert "width = 640" in printed and "height = 360" in printed
