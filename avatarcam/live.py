@@ -46,16 +46,15 @@ class LiveSession:
         self._closers: list[Callable[[], None]] = []
         try:
             reload: Callable[[], Sequence[Avatar]] | None = None
+            extra: list[Avatar] = []
             if avatars is not None:
                 self.library = None
-                switchable = list(avatars)
-                self.avatar = avatars[0]
+                picked = avatars[0]
             else:
                 self.library = load_avatars(config)
-                self.avatar = pick_avatar(config, self.library)
-                extra = [] if any(a.content_hash == self.avatar.content_hash for a in self.library) else [self.avatar]
-                switchable = extra + list(self.library)
-                reload = self._reload_library(extra)
+                picked = pick_avatar(config, self.library)
+                if not any(a.content_hash == picked.content_hash for a in self.library):
+                    extra = [picked]
             # A factory (e.g. a remote worker) decides itself which local options it needs.
             self.engine = (engine_factory(config) if engine_factory
                            else create_engine(config.engine.name, **engine_options(config)))
@@ -64,13 +63,18 @@ class LiveSession:
             if self.tracker is not None:
                 self._closers.append(self.tracker.close)
             self.compositor = build_compositor(config)
-            # Every avatar at the resolution this output needs (see fit_avatar), before anything uses it.
-            crop_size = getattr(self.engine, "size", None)
-            fit = functools.partial(fit_avatar, compositor=self.compositor, crop_size=crop_size)
-            self.avatar = fit(self.avatar)
-            switchable = [self.avatar if a.content_hash == self.avatar.content_hash else fit(a) for a in switchable]
-            if reload is not None:
-                reload = self._fitted(reload, fit)
+            # Every avatar at the resolution this output needs (see fit_avatar), before anything uses
+            # it; the library keeps only those copies, so a folder of phone photos costs little memory.
+            fit = functools.partial(fit_avatar, compositor=self.compositor,
+                                    crop_size=getattr(self.engine, "size", None))
+            if self.library is not None:
+                self.library.set_fit(fit)
+                extra = [fit(a) for a in extra]
+                switchable = extra + list(self.library)
+                reload = self._reload_library(extra)
+            else:
+                switchable = [fit(a) for a in avatars]
+            self.avatar = next(a for a in switchable if a.content_hash == picked.content_hash)
             self.processor = FrameProcessor(engine=self.engine, compositor=self.compositor, tracker=self.tracker,
                                             cropper=build_cropper(config), crossfade_s=controls.crossfade_s)
             self._closers.append(self.processor.close)
@@ -130,10 +134,6 @@ class LiveSession:
             return extra + list(self.library)
 
         return reload
-
-    @staticmethod
-    def _fitted(reload: Callable[[], list[Avatar]], fit: Callable[[Avatar], Avatar]) -> Callable[[], list[Avatar]]:
-        return lambda: [fit(a) for a in reload()]
 
     def on_key(self, key: int) -> None:
         """A key code from the preview window (``cv2.waitKeyEx``): run its hotkey, if any."""

@@ -290,3 +290,22 @@ def test_a_scaled_avatar_keeps_its_face_where_the_photo_shows_it(data_dir, avata
     assert avatar.scaled(1.0) is avatar
     with pytest.raises(ValueError):
         avatar.scaled(0.0)
+
+
+def test_library_keeps_only_fitted_copies_after_set_fit_and_reload(data_dir, tmp_path, avatar_cache):
+    folder = tmp_path / "avatars"
+    folder.mkdir()
+    os.symlink(data_dir / "avatar_jobs_glasses_photo.jpg", folder / "jobs.jpg")
+    lib = AvatarLibrary(folder=folder, cache_dir=avatar_cache)
+    full = {a.name: a.image.shape[:2] for a in lib}
+    lib.set_fit(lambda a: a.scaled(0.5))
+    half = {a.name: a.image.shape[:2] for a in lib}
+    assert half == {n: (round(h * 0.5), round(w * 0.5)) for n, (h, w) in full.items()}
+    os.symlink(data_dir / "avatar_einstein_bw_photo.jpg", folder / "einstein.jpg")
+    lib.reload()  # new and unchanged photos alike come back fitted
+    einstein = rgb(data_dir / "avatar_einstein_bw_photo.jpg").shape[:2]
+    assert {a.name: a.image.shape[:2] for a in lib} == {**half, "einstein": (round(einstein[0] * 0.5),
+                                                                          round(einstein[1] * 0.5))}
+    lib.set_fit(None)
+    lib.reload()
+    assert {a.name: a.image.shape[:2] for a in lib}["jobs"] == full["jobs"]

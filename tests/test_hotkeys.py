@@ -278,6 +278,8 @@ def test_l_reloads_the_avatar_folder(live):
     assert press(live, "l") == "reload"
     wait_for(lambda: c.state.reloads == 1, timeout=60, what="reload")
     assert [a.name for a in c.avatars][-1] == "avatar_young_woman_photo"
+    # Every photo, the new one too, is held at the size the 160 x 90 output shows (app.fit_avatar).
+    assert all(max(a.image.shape[:2]) < 400 for a in c.avatars), [a.image.shape for a in c.avatars]
     assert c.state.avatar == 2  # the selection follows its avatar
     assert json.dumps(c.status())  # the status read-out stays JSON-able
 

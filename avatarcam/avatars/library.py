@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -250,7 +251,15 @@ class AvatarLibrary:
         self.include_default = include_default
         self.avatars: list[Avatar] = []
         self.problems: list[tuple[Path, str]] = []
+        self._fit: Callable[[Avatar], Avatar] | None = None
         self.reload()
+
+    def set_fit(self, fit: Callable[[Avatar], Avatar] | None) -> None:
+        """Keep every avatar as ``fit(avatar)`` (e.g. its photo shrunk for the output), now and
+        after each reload; the full-size photos are let go."""
+        self._fit = fit
+        if fit is not None:
+            self.avatars = [fit(a) for a in self.avatars]
 
     def reload(self) -> None:
         """Scan the folder again (new, changed and removed photos); unchanged photos hit the cache."""
@@ -262,11 +271,13 @@ class AvatarLibrary:
         try:
             if self.include_default:
                 tracker = self._tracker_if_needed(tracker)
-                avatars.append(default_avatar(tracker=tracker, cache_dir=self.cache_dir))
+                default = default_avatar(tracker=tracker, cache_dir=self.cache_dir)
+                avatars.append(self._fit(default) if self._fit is not None else default)
             for path in self._files(problems):
                 tracker = self._tracker_if_needed(tracker)
                 try:
-                    avatars.append(load_avatar(path, tracker=tracker, cache_dir=self.cache_dir))
+                    avatar = load_avatar(path, tracker=tracker, cache_dir=self.cache_dir)
+                    avatars.append(self._fit(avatar) if self._fit is not None else avatar)
                 except AvatarError as exc:
                     log.warning("skipping avatar %s: %s", path, exc)
                     problems.append((path, str(exc)))
