@@ -6,7 +6,7 @@ import functools
 import cv2
 import numpy as np
 
-from avatarcam.geometry import PADS, Box, fit_into
+from avatarcam.geometry import PADS, Box, fit_into, fit_scale
 
 
 @functools.lru_cache(maxsize=16)
@@ -118,9 +118,7 @@ class Compositor:
             return 1.0
         win = self.window(size, focus)
         w, h = (win[2] - win[0], win[3] - win[1]) if win is not None else size
-        sx, sy = self.width / max(w, 1), self.height / max(h, 1)
-        fit = "letterbox" if self.fit == "face" else self.fit
-        return min(sx, sy) if fit == "letterbox" else max(sx, sy)
+        return fit_scale(w, h, self.width, self.height, "letterbox" if self.fit == "face" else self.fit)
 
     def compose(self, image: np.ndarray, focus: Box | None = None) -> np.ndarray:
         win = self.window((image.shape[1], image.shape[0]), focus)
@@ -154,7 +152,7 @@ class Compositor:
                 sx, sy, ox, oy = out_w / w, out_h / h, 0.0, 0.0
             else:
                 # The same arithmetic as geometry.fit_into, so points sit on the pixels they belong to.
-                scale = min(out_w / w, out_h / h) if fit == "letterbox" else max(out_w / w, out_h / h)
+                scale = fit_scale(w, h, out_w, out_h, fit)
                 nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
                 sx, sy = nw / w, nh / h
                 if fit == "letterbox":

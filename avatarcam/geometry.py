@@ -82,6 +82,14 @@ def blurred_backdrop(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def fit_scale(w: int, h: int, width: int, height: int, mode: str = "letterbox") -> float:
+    """The factor :func:`fit_into` resizes a ``w x h`` image by to place it in ``width x height``:
+    ``letterbox`` the smaller of the two side ratios, ``crop`` the larger (``stretch`` resizes each
+    axis by its own ratio; this gives the larger)."""
+    sx, sy = width / max(w, 1), height / max(h, 1)
+    return min(sx, sy) if mode == "letterbox" else max(sx, sy)
+
+
 def fit_into(image: np.ndarray, width: int, height: int, mode: str = "letterbox", pad: str = "black") -> np.ndarray:
     """Place ``image`` into a ``width x height`` canvas.
 
@@ -94,7 +102,7 @@ def fit_into(image: np.ndarray, width: int, height: int, mode: str = "letterbox"
         return image
     if mode == "stretch":
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    scale = min(width / w, height / h) if mode == "letterbox" else max(width / w, height / h)
+    scale = fit_scale(w, h, width, height, mode)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)

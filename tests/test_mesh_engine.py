@@ -351,7 +351,7 @@ def test_a_large_photo_is_animated_at_the_resolution_the_output_shows(avatar, dr
         rest = compositor.compose(engine.animate(prepared, drive_of(image, points, 0)), av.face.box)
         out = compositor.compose(engine.animate(prepared, drive_of(image, moved, 1)), av.face.box)
         canvases.append((rest, out))
-    (rest_big, out_big), (rest_fit, out_fit) = canvases
+    (rest_big, out_big), (_, out_fit) = canvases
     motion = np.abs(out_big.astype(float) - rest_big).mean()
     diff = np.abs(out_fit.astype(float) - out_big).mean()
     assert motion > 4.0, "the head did not move"

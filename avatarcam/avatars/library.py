@@ -235,6 +235,10 @@ def load_avatar(
                           tracker=tracker, cache_dir=cache_dir)
 
 
+def _as_loaded(avatar: Avatar) -> Avatar:
+    return avatar
+
+
 class AvatarLibrary:
     """The avatars of one folder (jpg/jpeg/png/webp, sorted by file name), optionally led by the
     built-in default (the astronaut).
@@ -251,15 +255,14 @@ class AvatarLibrary:
         self.include_default = include_default
         self.avatars: list[Avatar] = []
         self.problems: list[tuple[Path, str]] = []
-        self._fit: Callable[[Avatar], Avatar] | None = None
+        self._fit: Callable[[Avatar], Avatar] = _as_loaded
         self.reload()
 
     def set_fit(self, fit: Callable[[Avatar], Avatar] | None) -> None:
         """Keep every avatar as ``fit(avatar)`` (e.g. its photo shrunk for the output), now and
-        after each reload; the full-size photos are let go."""
-        self._fit = fit
-        if fit is not None:
-            self.avatars = [fit(a) for a in self.avatars]
+        after each reload; the full-size photos are let go. None: as loaded, from the next reload."""
+        self._fit = fit or _as_loaded
+        self.avatars = [self._fit(a) for a in self.avatars]
 
     def reload(self) -> None:
         """Scan the folder again (new, changed and removed photos); unchanged photos hit the cache."""
@@ -271,13 +274,11 @@ class AvatarLibrary:
         try:
             if self.include_default:
                 tracker = self._tracker_if_needed(tracker)
-                default = default_avatar(tracker=tracker, cache_dir=self.cache_dir)
-                avatars.append(self._fit(default) if self._fit is not None else default)
+                avatars.append(self._fit(default_avatar(tracker=tracker, cache_dir=self.cache_dir)))
             for path in self._files(problems):
                 tracker = self._tracker_if_needed(tracker)
                 try:
-                    avatar = load_avatar(path, tracker=tracker, cache_dir=self.cache_dir)
-                    avatars.append(self._fit(avatar) if self._fit is not None else avatar)
+                    avatars.append(self._fit(load_avatar(path, tracker=tracker, cache_dir=self.cache_dir)))
                 except AvatarError as exc:
                     log.warning("skipping avatar %s: %s", path, exc)
                     problems.append((path, str(exc)))
