@@ -92,6 +92,11 @@ class Compositor:
             raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
         self.width, self.height, self.fit, self.mirror, self.pad = width, height, fit, mirror, pad
 
+    @property
+    def resize_mode(self) -> str:
+        """How the (framed) picture is resized into the canvas: ``face`` framing letterboxes its window."""
+        return "letterbox" if self.fit == "face" else self.fit
+
     def window(self, size: tuple[int, int], focus: Box | None) -> tuple[int, int, int, int] | None:
         """The part (x0, y0, x1, y1) of a ``size`` = (w, h) image that ``face`` framing shows, or None."""
         if self.fit != "face" or focus is None or self.width is None or self.height is None:
@@ -118,15 +123,15 @@ class Compositor:
             return 1.0
         win = self.window(size, focus)
         w, h = (win[2] - win[0], win[3] - win[1]) if win is not None else size
-        return fit_scale(w, h, self.width, self.height, "letterbox" if self.fit == "face" else self.fit)
+        return fit_scale(w, h, self.width, self.height, self.resize_mode)
 
     def compose(self, image: np.ndarray, focus: Box | None = None) -> np.ndarray:
         win = self.window((image.shape[1], image.shape[0]), focus)
         if win is not None:
             x0, y0, x1, y1 = win
             image = image[y0:y1, x0:x1]
-        fit = "letterbox" if self.fit == "face" else self.fit
-        out = image if self.width is None or self.height is None else fit_into(image, self.width, self.height, fit, self.pad)
+        out = (image if self.width is None or self.height is None
+               else fit_into(image, self.width, self.height, self.resize_mode, self.pad))
         if self.mirror:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
@@ -140,7 +145,7 @@ class Compositor:
         if win is not None:
             xy = xy - np.array([win[0], win[1]], np.float32)
             w, h = win[2] - win[0], win[3] - win[1]
-        fit = "letterbox" if self.fit == "face" else self.fit
+        fit = self.resize_mode
         if self.width is None or self.height is None:
             out_w, sx, sy, ox, oy = w, 1.0, 1.0, 0.0, 0.0
         else:
