@@ -130,8 +130,9 @@ def test_closed_driver_eyes_close_the_avatars_eyes(avatar, driver, judge):
 
 
 def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):
-    """The warp squeezes lashes and iris into the closing lid; the painted lid must not keep them as
-    streaks. Stripes drawn over the upper lid (as stretched lashes look) are gone once it is shut."""
+    """A shut lid must not show the open eye's lashes (stretched by the warp, they read as a
+    streaky band). Stripes drawn over the upper lid of a photo (as long lashes look) are gone from
+    the lid painted shut over that same photo."""
     from avatarcam.engines.mesh.eyes import CREASE_RIGHT, EyelidPainter
 
     pts = avatar.face.landmarks[:, :2].astype(np.float64)
@@ -150,10 +151,42 @@ def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):
         return float(np.abs(grey[:, 3:] - grey[:, :-3])[inside[:, 3:] & inside[:, :-3]].mean())
 
     before = streaks(image)
-    EyelidPainter(image=avatar.image, landmarks=avatar.face.landmarks).paint(image, avatar.face.landmarks, (1.0, 0.0))
+    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
+    painter.paint(image, avatar.face.landmarks, (1.0, 0.0))  # no table: the photo itself, unwarped
     assert before > 100
     after = streaks(image)
     assert after < 0.1 * before, (before, after)
+
+
+def test_the_lid_skin_is_the_photo_away_from_the_eye(avatar):
+    """The lid source fills in the eye and its lashes from the skin around them and leaves every
+    other pixel as it is, so the painted lid has no outline of its own; inside the eye the iris
+    and the eye white are gone."""
+    from avatarcam.engines.mesh.eyes import ABOVE_RIGHT, EyelidPainter
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    source = EyelidPainter(image=avatar.image, landmarks=avatar.face.landmarks).sources[0]
+    x0, y0 = source.offset
+    h, w = source.patch.shape[:2]
+    photo = avatar.image[y0:y0 + h, x0:x0 + w].astype(np.int16)
+    changed = np.abs(source.patch.astype(np.int16) - photo).max(axis=2) > 0
+    local = pts - (x0, y0)
+    eye = np.zeros((h, w), np.uint8)
+    region = np.concatenate([local[list(tp.EYE_RIGHT_LOWER)], local[list(ABOVE_RIGHT[::-1])]])
+    cv2.fillPoly(eye, [np.round(region).astype(np.int32)], 1)
+    width = float(np.linalg.norm(pts[33] - pts[133]))
+    near = cv2.dilate(eye, np.ones((3, 3), np.uint8), iterations=int(0.2 * width) + 3).astype(bool)
+    assert changed.any()
+    assert not changed[~near].any(), "the lid source changed pixels away from the eye"
+    opening = np.zeros((h, w), np.uint8)
+    ring = np.concatenate([local[list(tp.EYE_RIGHT_UPPER)], local[list(tp.EYE_RIGHT_LOWER[-2:0:-1])]])
+    cv2.fillPoly(opening, [np.round(ring).astype(np.int32)], 1)
+    opening = opening.astype(bool)
+    grey = source.patch.astype(np.float32).mean(axis=2)
+    # The iris is the darkest part of the open eye; filled in, the opening is as even as skin.
+    assert photo.mean(axis=2)[opening].std() > 2.0 * grey[opening].std(), (photo.mean(axis=2)[opening].std(),
+                                                                          grey[opening].std())
+    assert grey[opening].min() > photo.mean(axis=2)[opening].min() + 20
 
 
 def test_background_and_body_stay_put_in_photo_output(avatar, driver):

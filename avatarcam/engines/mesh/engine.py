@@ -339,7 +339,7 @@ class MeshEngine(Engine):
                drive: Drive | None = None) -> np.ndarray:
         """The output image for per-vertex ``moves`` (None: the avatar at rest)."""
         x0, y0, x1, y1 = prepared.window
-        image = None
+        image = table = None
         if moves is not None and np.abs(moves).max() > 1e-3:
             src = prepared.face.points[:, :2]
             tgt = target[:, :2]
@@ -363,7 +363,7 @@ class MeshEngine(Engine):
             down = prepared.face.axes[:, 1]
             closure = tuple(1.0 - float(pair_gaps(target, pairs, down).mean()) / max(rest, 1e-6)
                             for pairs, rest in zip((tp.EYE_RIGHT_PAIRS, tp.EYE_LEFT_PAIRS), prepared.face.eye_gaps))
-            prepared.lids.paint(image, target, closure)
+            prepared.lids.paint(image, target, closure, table, prepared.origin)
         if self.output == "crop":
             return image
         out = prepared.avatar.image.copy()

@@ -1,18 +1,29 @@
-"""Closed eyes: the eyelid drawn down over the eye.
+"""Closed eyes: the avatar's own lid skin drawn down over the eye.
 
-The warp alone closes an eye by folding the opening into a line, which leaves the crease shadow
-and the lashes of the open eye stretched into a dark band that still reads as a slit. A real
-closing lid unfolds skin from the crease. So, as an eye closes (from 15 % closure on, fully from
-70 %), the lid region in target positions is blended toward the avatar's lid skin tone (sampled
-under the eye and under the brow) mixed with the local tone of the warped image, blurred so the
-stretched lashes and the squeezed iris leave no streaks: fading in from under the brow to the
-crease (no outline of its own) and full from the crease to the lid edge; a thin lash line is drawn
-along the lid edge.
+The warp alone closes an eye by stretching the upper-lid band (crease to lid edge) down over a
+squeezed eye opening. That band ends in the open eye's lashes, so the stretched lid turns into a
+dark streaky band, and whatever opening the tracker leaves (it never reads a shut eye as a zero
+gap) still shows a sliver of iris and eye white. A real closing lid is skin, with the lashes at
+its edge.
+
+So, once per avatar, each eye's opening, its upper lashes and the skin up to the brow are filled
+in with the smoothest surface that meets the skin around them (Laplace's equation): a *lid
+source* that equals the photo everywhere else, so it has no outline of its own and takes its
+tone and shading from the avatar's own skin. Toward the lid edge the shadow above the eye (a deep
+socket, glasses) is lifted toward the skin under the eye, as a shut lid bulges into the light.
+Per frame, as an eye closes, that lid source is resampled through the same warp table as the
+photo and blended over the lid (from 15 % closure on, fully from 70 %), and over what is left of
+the opening once the eye is nearly shut; a lash line, tapered toward the corners, marks the lid
+edge.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 
 from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.mouth import sample_colours
@@ -23,28 +34,76 @@ CREASE_LEFT = (467, 260, 259, 257, 258, 286, 414)
 # Skin under each eye: the closest stand-in for lid skin that is never hidden by brows or lashes.
 UNDER_RIGHT = np.array([111, 117, 118, 119, 120, 121, 228, 229, 230, 231], dtype=np.int64)
 UNDER_LEFT = np.array([340, 346, 347, 348, 349, 350, 448, 449, 450, 451], dtype=np.int64)
-
 # The ring above the crease (below the brow).
 ABOVE_RIGHT = (113, 225, 224, 223, 222, 221, 189)
 ABOVE_LEFT = (342, 445, 444, 443, 442, 441, 413)
 
-LID_KEEP = 0.2  # share of the warped image's local tone in the lid skin
-LID_BLUR = 0.06  # its blur, in eye widths
+LASH_HEIGHT = 0.12  # how far the upper lashes reach above the lid edge, in eye widths (filled in)
+LASH_WIDTH = 0.03  # the drawn lash line's thickness at its middle, in eye widths
+LASH_DARKNESS = 0.35  # the lash line's colour as a share of the lid skin's
+LID_LIGHT = 0.85  # a shut lid's lit edge, as a share of the skin under the eye
+SHADOW_REACH = 0.5  # how far from under the brow toward the lid edge a shut lid stays in shadow
+FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
 
 _EYES = (
-    (tp.EYE_RIGHT_UPPER, CREASE_RIGHT, UNDER_RIGHT, ABOVE_RIGHT),
-    (tp.EYE_LEFT_UPPER, CREASE_LEFT, UNDER_LEFT, ABOVE_LEFT),
-)  # (lid edge, crease, skin under the eye, ring under the brow)
+    (tp.EYE_RIGHT_UPPER, tp.EYE_RIGHT_LOWER, CREASE_RIGHT, ABOVE_RIGHT, UNDER_RIGHT),
+    (tp.EYE_LEFT_UPPER, tp.EYE_LEFT_LOWER, CREASE_LEFT, ABOVE_LEFT, UNDER_LEFT),
+)  # (upper lid edge, lower lid edge, crease, ring under the brow, skin under the eye), outer to inner corner
 
 
-def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Per pixel of a ``shape`` region, 0 on the polyline ``top`` rising smoothly to 1 on the
-    polyline ``bottom`` (both ``K x 2``, left to right along the same axis), in that axis' frame."""
-    axis = bottom[-1] - bottom[0]
+def _smoothstep(x: float) -> float:
+    x = float(np.clip(x, 0.0, 1.0))
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _eye_frame(edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit axis along the eye (corner to corner, pointing to the image's right) and the normal
+    pointing down the face, for lid points ``edge`` (``K x 2``, corner to corner)."""
+    axis = edge[-1] - edge[0]
     axis = axis / max(float(np.linalg.norm(axis)), 1e-6)
-    if axis[0] < 0:  # the normal must point down the face whichever eye this is
+    if axis[0] < 0:
         axis = -axis
-    normal = np.array([-axis[1], axis[0]])
+    return axis, np.array([-axis[1], axis[0]])
+
+
+def _lid_curve(edge: np.ndarray, samples: int = 24) -> np.ndarray:
+    """The lid edge as a smooth curve (``samples x 2``): a parabola in the eye's own frame fitted
+    to the landmarks (their frame-to-frame noise would make a polyline through them wobble),
+    through the two corners."""
+    axis, normal = _eye_frame(edge)
+    origin = edge[0]
+    u = (edge - origin) @ axis
+    v = (edge - origin) @ normal
+    span = u[-1] - u[0]
+    if abs(span) < 1e-6:
+        return edge.copy()
+    # v = v0 + (v1 - v0) s + c s (1 - s) with s in [0, 1] along the eye: the corners stay exact,
+    # c is the least-squares bulge of the lid points between them.
+    s = (u - u[0]) / span
+    base = v[0] + (v[-1] - v[0]) * s
+    bump = s * (1.0 - s)
+    c = float(bump @ (v - base) / max(float(bump @ bump), 1e-9))
+    ss = np.linspace(0.0, 1.0, samples)
+    uu = u[0] + span * ss
+    vv = v[0] + (v[-1] - v[0]) * ss + c * ss * (1.0 - ss)
+    return origin + uu[:, None] * axis + vv[:, None] * normal
+
+
+@dataclass(frozen=True)
+class _LidSource:
+    """One eye's filled-in lid source: ``patch`` (RGB uint8) covering source pixels from
+    ``offset`` (x, y), and the lid skin colour next to the lid edge (RGB float32)."""
+
+    patch: np.ndarray
+    offset: tuple[int, int]
+    skin: np.ndarray
+
+
+def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int], reach: float = 1.0) -> np.ndarray:
+    """Per pixel of a ``shape`` region, 0 on and above the polyline ``top`` rising smoothly to 1
+    at ``reach`` of the way to the polyline ``bottom`` and below (both ``K x 2``, corner to
+    corner), in the eye's frame."""
+    axis, normal = _eye_frame(bottom)
     ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
     u = xs * axis[0] + ys * axis[1]
     v = xs * normal[0] + ys * normal[1]
@@ -53,55 +112,152 @@ def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int]) -> np.
     it, ib = np.argsort(tu), np.argsort(bu)
     vt = np.interp(u, tu[it], tv[it])
     vb = np.interp(u, bu[ib], bv[ib])
-    t = np.clip((v - vt) / np.maximum(vb - vt, 1e-3), 0.0, 1.0)
+    t = np.clip((v - vt) / np.maximum(reach * (vb - vt), 1e-3), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
+def _membrane(values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """The smoothest surface (``h x w x C`` float32) that meets ``values`` (``h x w x C``) around
+    the pixels under ``mask`` (bool), i.e. Laplace's equation with those values on its boundary;
+    outside the mask it is ``values`` blurred. Solved at ``scale`` of the resolution: the surface
+    is smooth, so fine detail would only cost time."""
+    h, w = mask.shape
+    sw, sh = max(3, round(w * scale)), max(3, round(h * scale))
+    channels = values.reshape(h, w, -1)
+    small = np.dstack([cv2.resize(channels[..., c], (sw, sh), interpolation=cv2.INTER_AREA)
+                       for c in range(channels.shape[2])]).astype(np.float64)
+    hole = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
+    hole[0, :] = hole[-1, :] = hole[:, 0] = hole[:, -1] = False  # the patch edge stays known
+    ys, xs = np.nonzero(hole)
+    n = len(ys)
+    if n:
+        idx = np.full((sh, sw), -1, np.int64)
+        idx[ys, xs] = np.arange(n)
+        rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 4.0)]
+        rhs = np.zeros((n, small.shape[2]))
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            ny, nx = ys + dy, xs + dx
+            j = idx[ny, nx]
+            inner = j >= 0
+            rows.append(np.flatnonzero(inner))
+            cols.append(j[inner])
+            vals.append(np.full(int(inner.sum()), -1.0))
+            rhs[~inner] += small[ny[~inner], nx[~inner]]
+        a = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(n, n))
+        small[ys, xs] = scipy.sparse.linalg.spsolve(a, rhs).reshape(n, -1)
+    small = small.astype(np.float32)
+    return np.dstack([cv2.resize(small[..., c], (w, h), interpolation=cv2.INTER_LINEAR)
+                      for c in range(small.shape[2])])
+
+
+def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], lower: tuple[int, ...],
+                crease: tuple[int, ...], above: tuple[int, ...], under: np.ndarray) -> _LidSource:
+    """Fill one eye's opening, upper lashes and upper lid in ``image`` (RGB uint8) with lid skin;
+    ``points`` in its pixels."""
+    h, w = image.shape[:2]
+    up, low = points[list(upper), :2], points[list(lower), :2]
+    width = float(np.linalg.norm(up[-1] - up[0]))
+    _, normal = _eye_frame(up)
+    region = np.concatenate([points[list(above), :2], low])
+    pad = 0.35 * width + 4
+    x0, y0 = (np.floor(region.min(axis=0) - pad).astype(int)).clip(0)
+    x1, y1 = np.ceil(region.max(axis=0) + pad).astype(int)
+    x1, y1 = min(int(x1), w), min(int(y1), h)
+    patch = np.ascontiguousarray(image[y0:y1, x0:x1])
+    skin = sample_colours(image, points[under], radius=2)
+    if patch.shape[0] < 4 or patch.shape[1] < 4 or width < 2.0:
+        return _LidSource(patch=patch, offset=(int(x0), int(y0)), skin=skin)
+    offset = np.array([x0, y0], dtype=np.float64)
+    # The opening, the lid up to the ring under the brow, and the lashes (they flare out at the
+    # corners, so the mask grows a little all round).
+    opening = np.concatenate([up, low[-2:0:-1]]) - offset
+    band = np.concatenate([up, points[list(above[::-1]), :2]]) - offset
+    lashes = np.concatenate([up, (up - LASH_HEIGHT * width * normal)[::-1]]) - offset
+    mask = np.zeros(patch.shape[:2], np.uint8)
+    for poly in (opening, band, lashes):
+        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
+    grow = max(1, round(0.04 * width))
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))) > 0
+    # Two fills: one from the pixels as they are, and one where the shadow above the eye (a
+    # deep socket, a brow, a glasses rim) is lifted toward the skin under the eye. A shut lid
+    # bulges out of that shadow into the light: dark under the crease, lit toward its edge.
+    values = patch.astype(np.float32)
+    luma = values.mean(axis=2, keepdims=True)
+    floor = LID_LIGHT * float(skin.mean())
+    lift = np.clip(1.0 - luma / max(floor, 1.0), 0.0, 1.0)
+    lifted = values + lift * (LID_LIGHT * skin - values)
+    surface = _membrane(np.concatenate([values, lifted], axis=2), mask, min(1.0, FILL_WIDTH / width))
+    ramp = _between(points[list(above), :2] - offset, up - offset, mask.shape, SHADOW_REACH)[..., None]
+    surface = surface[..., :3] + ramp * (surface[..., 3:] - surface[..., :3])
+    # Up-sampled, the surface is a little off next to the hole's edge: blend it in over a band.
+    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, 0.6 * width / FILL_WIDTH))
+    weight = np.maximum(weight, mask)[..., None]
+    filled = np.clip(values + weight * (surface - values) + 0.5, 0, 255).astype(np.uint8)
+    return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0))
+
+
 class EyelidPainter:
-    """Lid tones of one avatar (``image`` RGB uint8, ``landmarks`` ``N x 2+`` in its pixels)."""
+    """Lid sources of one avatar (``image`` RGB uint8, ``landmarks`` ``N x 2+`` in its pixels)."""
 
     def __init__(self, *, image: np.ndarray, landmarks: np.ndarray) -> None:
-        self.skin = [0.5 * (sample_colours(image, landmarks[under], radius=2) +
-                            sample_colours(image, landmarks[list(ring)], radius=1)) * 0.95
-                     for _, _, under, ring in _EYES]
+        pts = np.asarray(landmarks, dtype=np.float64)
+        self.sources = [_lid_source(image, pts, *eye) for eye in _EYES]
 
-    def paint(self, out: np.ndarray, points: np.ndarray, closure: tuple[float, float]) -> None:
+    def paint(self, out: np.ndarray, points: np.ndarray, closure: tuple[float, float],
+              table: np.ndarray | None = None, origin: tuple[int, int] = (0, 0)) -> None:
         """Draw the lids over ``out`` (in place) for target landmarks ``points`` (``N x 2+`` in ``out``
-        pixels); ``closure`` per eye (right, left): 0 open as in the photo .. 1 shut."""
+        pixels); ``closure`` per eye (right, left): 0 open as in the photo .. 1 shut; ``table``:
+        the warp's remap table that produced ``out`` (``h x w x 2`` float32, source pixel per
+        ``out`` pixel; None: ``out`` is the photo itself, unwarped, its (0, 0) at ``origin`` in
+        the photo)."""
         h, w = out.shape[:2]
-        for (upper, crease, _, above), skin, c in zip(_EYES, self.skin, closure):
-            alpha = float(np.clip((c - 0.15) / 0.55, 0.0, 1.0))
-            if alpha <= 0.0:
+        for (upper, lower, _, above, _), src, c in zip(_EYES, self.sources, closure):
+            band = _smoothstep((c - 0.15) / 0.55)  # the lid skin over the lashes
+            shut = _smoothstep((c - 0.5) / 0.3)  # and over what is left of the opening
+            if band <= 0.0:
                 continue
-            alpha = alpha * alpha * (3.0 - 2.0 * alpha)
-            lid = np.concatenate([points[[upper[0]], :2], points[list(above), :2], points[[upper[-1]], :2],
-                                  points[list(upper[-2:0:-1]), :2]])
-            edge = points[list(upper), :2]
-            width = float(np.linalg.norm(edge[-1] - edge[0]))
+            up, low = points[list(upper), :2], points[list(lower), :2]
+            width = float(np.linalg.norm(up[-1] - up[0]))
+            lid = np.concatenate([up[:1], points[list(above), :2], up[-1:], up[-2:0:-1]])
+            opening = np.concatenate([up, low[-2:0:-1]])
             pad = int(np.ceil(0.1 * width)) + 2
-            lo = np.floor(lid.min(axis=0)).astype(int) - pad
-            hi = np.ceil(lid.max(axis=0)).astype(int) + pad
-            x0, y0 = max(lo[0], 0), max(lo[1], 0)
-            x1, y1 = min(hi[0], w), min(hi[1], h)
+            both = np.concatenate([lid, low])
+            x0, y0 = np.maximum(np.floor(both.min(axis=0)).astype(int) - pad, 0)
+            x1, y1 = np.ceil(both.max(axis=0)).astype(int) + pad
+            x1, y1 = min(int(x1), w), min(int(y1), h)
             if x1 - x0 < 3 or y1 - y0 < 3:
                 continue
-            mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-            cv2.fillPoly(mask, [np.round((lid - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-            mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.03 * width))
-            # Fade in from under the brow down to the crease, so the painted skin has no outline of
-            # its own (an outline there reads as the upper edge of an open eye); full from the crease
-            # to the lid edge, where the warp left the squeezed, shadowed band of the open eye.
-            mask *= _between(points[list(above), :2] - (x0, y0), points[list(crease), :2] - (x0, y0), mask.shape)
+            corner = np.array([x0, y0], dtype=np.float64)
+            if table is None:
+                ys, xs = np.mgrid[y0 + origin[1]:y1 + origin[1], x0 + origin[0]:x1 + origin[0]].astype(np.float32)
+                where = np.dstack([xs, ys])
+            else:
+                where = table[y0:y1, x0:x1]
+            roi = np.ascontiguousarray(out[y0:y1, x0:x1])
+            # Where the warp samples outside the patch, the patch equals the photo anyway: keep
+            # the warped photo there.
+            lidded = roi.copy()
+            cv2.remap(src.patch, where - np.asarray(src.offset, np.float32), None, cv2.INTER_LINEAR,
+                      dst=lidded, borderMode=cv2.BORDER_TRANSPARENT)
+            mask = np.zeros(roi.shape[:2], np.float32)
+            cv2.fillPoly(mask, [np.round((lid - corner) * 16).astype(np.int32)], band, cv2.LINE_AA, shift=4)
+            if shut > 0.0:
+                hole = np.zeros_like(mask)
+                cv2.fillPoly(hole, [np.round((opening - corner) * 16).astype(np.int32)], shut, cv2.LINE_AA,
+                             shift=4)
+                mask = np.maximum(mask, hole)
+            mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.02 * width))
+            blended = roi.astype(np.float32)
+            blended += mask[..., None] * (lidded.astype(np.float32) - blended)
+            # The lash line along the lid edge, thickest in the middle.
+            curve = _lid_curve(up) - corner
+            _, normal = _eye_frame(up)
+            s = np.linspace(0.0, 1.0, len(curve))
+            half = 0.5 * LASH_WIDTH * width * (0.35 + 0.65 * np.sin(np.pi * s))[:, None] + 0.35
+            outline = np.concatenate([curve - half * normal, (curve + half * normal)[::-1]])
             lash = np.zeros_like(mask)
-            thick = max(1, int(round(0.035 * width)))
-            cv2.polylines(lash, [np.round((edge - (x0, y0)) * 16).astype(np.int32)], False, 1.0, thick, cv2.LINE_AA,
-                          shift=4)
-            lash = cv2.GaussianBlur(lash, (0, 0), 0.6)
-            roi = out[y0:y1, x0:x1].astype(np.float32)
-            # Lid skin: the avatar's tone with a little of the warped texture's local tone left in,
-            # blurred: sharp, that texture is the squeezed eye and the lashes stretched into streaks.
-            local = cv2.GaussianBlur(roi, (0, 0), max(1.0, LID_BLUR * width))
-            lidded = (1.0 - LID_KEEP) * skin + LID_KEEP * local
-            roi = roi + (mask * alpha)[..., None] * (lidded - roi)
-            roi = roi + (lash * alpha * 0.75)[..., None] * (skin * 0.3 - roi)
-            out[y0:y1, x0:x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+            cv2.fillPoly(lash, [np.round(outline * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+            lash = cv2.GaussianBlur(lash, (0, 0), 0.5) * (0.85 * band)
+            blended += lash[..., None] * (src.skin * LASH_DARKNESS - blended)
+            out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
