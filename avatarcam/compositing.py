@@ -6,7 +6,7 @@ import functools
 import cv2
 import numpy as np
 
-from avatarcam.geometry import PADS, Box, fit_into, fit_scale
+from avatarcam.geometry import PADS, Box, fit_into, fit_scale, smoothstep
 
 
 @functools.lru_cache(maxsize=16)
@@ -14,8 +14,7 @@ def feather_mask(size: int, feather: float = 0.12) -> np.ndarray:
     """``size x size x 1`` float32 mask, 1 inside, falling smoothly to 0 over ``feather * size`` at the edges."""
     ramp = max(1, int(round(size * feather)))
     d = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
-    edge = np.clip(d / ramp, 0.0, 1.0)
-    edge = edge * edge * (3 - 2 * edge)  # smoothstep: no visible seam at the ramp ends
+    edge = smoothstep(d / ramp)  # no visible seam at the ramp ends
     m = np.minimum(edge[:, None], edge[None, :])
     return m[..., None]
 

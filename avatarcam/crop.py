@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from avatarcam.geometry import Box
+from avatarcam.geometry import Box, smoothstep
 from avatarcam.landmarks.smoothing import OneEuro
 from avatarcam.landmarks.types import LandmarkResult
 
@@ -42,11 +42,6 @@ def fit_inside(box: Box, width: int, height: int, *, min_side: float, max_shift:
         return c + min(max(target - c, -limit), limit)
 
     return Box(place(box.cx, width), place(box.cy, height), side)
-
-
-def _smoothstep(x: float) -> float:
-    x = min(max(x, 0.0), 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 class DriverCrop:
@@ -159,7 +154,7 @@ class DriverCrop:
         elapsed = t - self._lost_at - self.hold_s
         if elapsed <= 0:
             return self._lost_box
-        k = 1.0 if self.ease_s == 0 else _smoothstep(elapsed / self.ease_s)
+        k = 1.0 if self.ease_s == 0 else float(smoothstep(elapsed / self.ease_s))
         return self._lost_box + (home - self._lost_box) * k
 
     def _apply_controls(self, box: np.ndarray) -> Box:

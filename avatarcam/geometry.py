@@ -43,6 +43,13 @@ class Box:
         return np.array([[s, 0.0, -self.x0 * s], [0.0, s, -self.y0 * s]], dtype=np.float64)
 
 
+def smoothstep(x):
+    """``x`` (a float or an array) clipped to [0, 1] and eased: 3 x^2 - 2 x^3, flat at both ends,
+    so a ramp built from it shows no seam where it starts or stops."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def crop_square(image: np.ndarray, box: Box, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
     """Cut ``box`` out of ``image`` and resize it to ``size x size`` (border replicated outside)."""
     m = box.to_crop_matrix(size)

@@ -27,6 +27,7 @@ import scipy.sparse.linalg
 
 from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.mouth import sample_colours
+from avatarcam.geometry import smoothstep
 
 # The ring of points just above each upper lid (the crease), from the outer to the inner corner.
 CREASE_RIGHT = (247, 30, 29, 27, 28, 56, 190)
@@ -49,11 +50,6 @@ _EYES = (
     (tp.EYE_RIGHT_UPPER, tp.EYE_RIGHT_LOWER, CREASE_RIGHT, ABOVE_RIGHT, UNDER_RIGHT),
     (tp.EYE_LEFT_UPPER, tp.EYE_LEFT_LOWER, CREASE_LEFT, ABOVE_LEFT, UNDER_LEFT),
 )  # (upper lid edge, lower lid edge, crease, ring under the brow, skin under the eye), outer to inner corner
-
-
-def _smoothstep(x: float) -> float:
-    x = float(np.clip(x, 0.0, 1.0))
-    return x * x * (3.0 - 2.0 * x)
 
 
 def _eye_frame(edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +108,7 @@ def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int], reach:
     it, ib = np.argsort(tu), np.argsort(bu)
     vt = np.interp(u, tu[it], tv[it])
     vb = np.interp(u, bu[ib], bv[ib])
-    t = np.clip((v - vt) / np.maximum(reach * (vb - vt), 1e-3), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    return smoothstep((v - vt) / np.maximum(reach * (vb - vt), 1e-3))
 
 
 def _membrane(values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
@@ -213,8 +208,8 @@ class EyelidPainter:
         the photo)."""
         h, w = out.shape[:2]
         for (upper, lower, _, above, _), src, c in zip(_EYES, self.sources, closure):
-            band = _smoothstep((c - 0.15) / 0.55)  # the lid skin over the lashes
-            shut = _smoothstep((c - 0.5) / 0.3)  # and over what is left of the opening
+            band = float(smoothstep((c - 0.15) / 0.55))  # the lid skin over the lashes
+            shut = float(smoothstep((c - 0.5) / 0.3))  # and over what is left of the opening
             if band <= 0.0:
                 continue
             up, low = points[list(upper), :2], points[list(lower), :2]

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from avatarcam.engines.mesh import topology as tp
+from avatarcam.geometry import smoothstep
 from avatarcam.landmarks.signals import head_axes
 
 RIGID = np.array(tp.RIGID, dtype=np.int64)
@@ -101,11 +102,6 @@ def pair_gaps(p: np.ndarray, pairs: np.ndarray, down: np.ndarray) -> np.ndarray:
     return (p[pairs[:, 1]] - p[pairs[:, 0]]) @ down
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
 def jaw_weights(q: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """How much each point follows the jaw when the mouth opens (``N``, 0..1), from the neutral
     face ``q``: the lower lip fully, the chin and the jaw below the mouth fading toward the ears."""
@@ -113,7 +109,7 @@ def jaw_weights(q: np.ndarray, axes: np.ndarray) -> np.ndarray:
     centre = (q[tp.MOUTH_CORNERS[0]] + q[tp.MOUTH_CORNERS[1]]) / 2.0
     rel = (q - centre) @ axes / iod
     horiz = np.clip(1.0 - (np.abs(rel[:, 0]) - 0.35) / 0.6, 0.0, 1.0)
-    w = horiz * _smoothstep(rel[:, 1] / 0.12)
+    w = horiz * smoothstep(rel[:, 1] / 0.12)
     d_low = tp.graph_distance(tp.LIP_INNER_LOWER[1:-1], limit=4)
     d_up = tp.graph_distance(tp.LIP_INNER_UPPER[1:-1], limit=4)
     band = (d_low <= 3) & (d_low < d_up)
