@@ -133,10 +133,11 @@ def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):
     """A shut lid must not show the open eye's lashes (stretched by the warp, they read as a
     streaky band). Stripes drawn over the upper lid of a photo (as long lashes look) are gone from
     the lid painted shut over that same photo."""
-    from avatarcam.engines.mesh.eyes import CREASE_RIGHT, EyelidPainter
+    from avatarcam.engines.mesh.eyes import EyelidPainter
 
+    crease = (247, 30, 29, 27, 28, 56, 190)  # MediaPipe's ring just above the right upper lid
     pts = avatar.face.landmarks[:, :2].astype(np.float64)
-    lid = np.concatenate([pts[list(tp.EYE_RIGHT_UPPER)], pts[list(CREASE_RIGHT[::-1])]])
+    lid = np.concatenate([pts[list(tp.EYE_RIGHT_UPPER)], pts[list(crease[::-1])]])
     inside = np.zeros(avatar.image.shape[:2], np.uint8)
     cv2.fillPoly(inside, [np.round(lid).astype(np.int32)], 1)
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)).astype(bool)

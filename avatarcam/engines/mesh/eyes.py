@@ -29,9 +29,6 @@ from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.mouth import sample_colours
 from avatarcam.geometry import smoothstep
 
-# The ring of points just above each upper lid (the crease), from the outer to the inner corner.
-CREASE_RIGHT = (247, 30, 29, 27, 28, 56, 190)
-CREASE_LEFT = (467, 260, 259, 257, 258, 286, 414)
 # Skin under each eye: the closest stand-in for lid skin that is never hidden by brows or lashes.
 UNDER_RIGHT = np.array([111, 117, 118, 119, 120, 121, 228, 229, 230, 231], dtype=np.int64)
 UNDER_LEFT = np.array([340, 346, 347, 348, 349, 350, 448, 449, 450, 451], dtype=np.int64)
@@ -47,9 +44,9 @@ SHADOW_REACH = 0.5  # how far from under the brow toward the lid edge a shut lid
 FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
 
 _EYES = (
-    (tp.EYE_RIGHT_UPPER, tp.EYE_RIGHT_LOWER, CREASE_RIGHT, ABOVE_RIGHT, UNDER_RIGHT),
-    (tp.EYE_LEFT_UPPER, tp.EYE_LEFT_LOWER, CREASE_LEFT, ABOVE_LEFT, UNDER_LEFT),
-)  # (upper lid edge, lower lid edge, crease, ring under the brow, skin under the eye), outer to inner corner
+    (tp.EYE_RIGHT_UPPER, tp.EYE_RIGHT_LOWER, ABOVE_RIGHT, UNDER_RIGHT),
+    (tp.EYE_LEFT_UPPER, tp.EYE_LEFT_LOWER, ABOVE_LEFT, UNDER_LEFT),
+)  # (upper lid edge, lower lid edge, ring under the brow, skin under the eye), outer to inner corner
 
 
 def _eye_frame(edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +85,8 @@ def _lid_curve(edge: np.ndarray, samples: int = 24) -> np.ndarray:
 @dataclass(frozen=True)
 class _LidSource:
     """One eye's filled-in lid source: ``patch`` (RGB uint8) covering source pixels from
-    ``offset`` (x, y), and the lid skin colour next to the lid edge (RGB float32)."""
+    ``offset`` (x, y), and the mean colour of the filled-in lid, which the lash line is drawn
+    against (RGB float32; the skin under the eye where the eye is too small to fill)."""
 
     patch: np.ndarray
     offset: tuple[int, int]
@@ -147,7 +145,7 @@ def _membrane(values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], lower: tuple[int, ...],
-                crease: tuple[int, ...], above: tuple[int, ...], under: np.ndarray) -> _LidSource:
+                above: tuple[int, ...], under: np.ndarray) -> _LidSource:
     """Fill one eye's opening, upper lashes and upper lid in ``image`` (RGB uint8) with lid skin;
     ``points`` in its pixels."""
     h, w = image.shape[:2]
@@ -207,7 +205,7 @@ class EyelidPainter:
         ``out`` pixel; None: ``out`` is the photo itself, unwarped, its (0, 0) at ``origin`` in
         the photo)."""
         h, w = out.shape[:2]
-        for (upper, lower, _, above, _), src, c in zip(_EYES, self.sources, closure):
+        for (upper, lower, above, _), src, c in zip(_EYES, self.sources, closure):
             band = float(smoothstep((c - 0.15) / 0.55))  # the lid skin over the lashes
             shut = float(smoothstep((c - 0.5) / 0.3))  # and over what is left of the opening
             if band <= 0.0:
