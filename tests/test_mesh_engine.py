@@ -12,7 +12,7 @@ from avatarcam.avatars.library import load_avatar, prepare_avatar
 from avatarcam.engines.base import Drive
 from avatarcam.engines.mesh import MeshEngine
 from avatarcam.engines.mesh import topology as tp
-from avatarcam.engines.mesh.retarget import FaceFrame, jaw_weights
+from avatarcam.engines.mesh.retarget import FaceFrame, jaw_weights, pair_gaps, synthetic_face
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import EngineError
 from avatarcam.frame import Frame
@@ -127,6 +127,35 @@ def test_closed_driver_eyes_close_the_avatars_eyes(avatar, driver, judge):
     shut = face_signals(judge.detect(engine.animate(prepared, drive_of(image, blink, 1))).face)
     for side in ("eye_open_left", "eye_open_right"):
         assert getattr(shut, side) < 0.6 * getattr(rest, side), (side, getattr(rest, side), getattr(shut, side))
+
+
+def test_lids_move_further_than_read_and_a_blink_read_a_third_open_shuts(avatar, driver):
+    # The tracker reads a shut eye a third open, and a warped lid looks less closed than it is:
+    # the avatar's lids move LID_GAIN (1.5) times as far as the driver's, relative to each gap.
+    image, points = driver
+    engine = MeshEngine(output="crop", size=512, neutral_frames=1)
+    prepared = engine.prepare(avatar)
+    engine.animate(prepared, drive_of(image, points, 0))  # the neutral
+    down = prepared.face.axes[:, 1]
+    eyes = (tp.EYE_RIGHT_PAIRS, tp.EYE_LEFT_PAIRS)
+    rest = [pair_gaps(prepared.face.points, pairs, down) for pairs in eyes]
+
+    def lowered(share: float) -> np.ndarray:
+        out = points.copy()
+        for pairs in eyes:
+            out[pairs[:, 0]] += share * (points[pairs[:, 1]] - points[pairs[:, 0]])
+        return out
+
+    for share, expected in ((0.2, 0.7), (2.0 / 3.0, 0.0)):
+        target = engine.targets(prepared, lowered(share))[1]
+        for pairs, r in zip(eyes, rest):
+            left = float(pair_gaps(target, pairs, down).sum() / r.sum())
+            assert left == pytest.approx(expected, abs=0.04), (share, left)
+    # Made-up expressions are exact: a synthetic half blink closes half the gap.
+    half = engine.targets(prepared, synthetic_face(engine._neutral.frame, mouth_open=0, blink=0.5, yaw=0, pitch=0,
+                                                   roll=0), synthetic=True)[1]
+    for pairs, r in zip(eyes, rest):
+        assert float(pair_gaps(half, pairs, down).sum() / r.sum()) == pytest.approx(0.5, abs=0.05)
 
 
 def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):

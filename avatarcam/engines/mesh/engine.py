@@ -12,7 +12,15 @@ from avatarcam.engines.base import Drive, Engine
 from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.eyes import EyelidPainter
 from avatarcam.engines.mesh.mouth import MouthPainter
-from avatarcam.engines.mesh.retarget import FaceFrame, Limits, Neutral, PairMapping, pair_gaps, synthetic_face
+from avatarcam.engines.mesh.retarget import (
+    LID_GAIN,
+    FaceFrame,
+    Limits,
+    Neutral,
+    PairMapping,
+    pair_gaps,
+    synthetic_face,
+)
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import AvatarError, EngineError
 from avatarcam.geometry import Box, crop_square
@@ -89,7 +97,8 @@ class MeshEngine(Engine):
     crop at ``size x size``). ``mouth_fill``: ``synthetic`` (drawn cavity, teeth, tongue) or
     ``driver`` (the driver's own mouth interior, colour-matched). ``max_yaw / max_pitch /
     max_roll`` (degrees), ``max_shift`` (inter-ocular distances) and ``max_scale`` (fraction) bound
-    the head motion, softly. ``device``: ``cpu``, ``cuda`` or ``auto`` (the final resampling on a
+    the head motion, softly. ``lid_gain``: how much further the avatar's lids move than the
+    driver's as tracked (:data:`.retarget.LID_GAIN`; 1 = exactly as read). ``device``: ``cpu``, ``cuda`` or ``auto`` (the final resampling on a
     GPU when torch sees one). ``neutral_frames``: tracked frames whose median is the driver's
     neutral (again after :meth:`calibrate`; saved / restored by :meth:`get_calibration` /
     :meth:`set_calibration`). ``grid_step``: warp grid spacing in pixels at a 512-pixel face crop.
@@ -102,7 +111,8 @@ class MeshEngine(Engine):
 
     def __init__(self, *, output: str = "photo", size: int = 512, mouth_fill: str = "synthetic",
                  max_yaw: float = 35.0, max_pitch: float = 25.0, max_roll: float = 30.0, max_shift: float = 0.25,
-                 max_scale: float = 0.2, device: str = "auto", neutral_frames: int = 15, grid_step: int = 4) -> None:
+                 max_scale: float = 0.2, lid_gain: float = LID_GAIN, device: str = "auto", neutral_frames: int = 15,
+                 grid_step: int = 4) -> None:
         if output not in OUTPUTS:
             raise EngineError(f"mesh output must be one of {OUTPUTS}, got {output!r}")
         if mouth_fill not in FILLS:
@@ -113,13 +123,15 @@ class MeshEngine(Engine):
             raise EngineError(f"neutral_frames must be >= 1, got {neutral_frames}")
         if not 1 <= grid_step <= 32:
             raise EngineError(f"grid_step must be in [1, 32] pixels, got {grid_step}")
+        if not 0.5 <= lid_gain <= 3.0:
+            raise EngineError(f"lid_gain must be in [0.5, 3], got {lid_gain}")
         try:
             self.limits = Limits(max_yaw=max_yaw, max_pitch=max_pitch, max_roll=max_roll, max_shift=max_shift,
                                  max_scale=max_scale)
         except ValueError as exc:
             raise EngineError(f"bad mesh head-motion limit: {exc}") from exc
         self.output, self.size, self.mouth_fill = output, int(size), mouth_fill
-        self.neutral_frames, self.grid_step = int(neutral_frames), int(grid_step)
+        self.neutral_frames, self.grid_step, self.lid_gain = int(neutral_frames), int(grid_step), float(lid_gain)
         self.device = self._pick_device(device)
         # Only the driver mouth fill looks at the driving pixels; otherwise landmarks suffice (a
         # remote worker can then run this engine from keypoints alone).
@@ -287,7 +299,7 @@ class MeshEngine(Engine):
             if not self._neutral.complete:
                 self._neutral.add(p)
             mapping = self._pair(prepared)
-        expr, raw, gap = mapping.expression(p)
+        expr, raw, gap = mapping.expression(p, 1.0 if synthetic else self.lid_gain)
         if not synthetic and gap < self._neutral.rest_gap - 0.01 * mapping.neutral.iod:
             # Closed further than the neutral: that is the real rest (used from the next frame on).
             self._neutral.close_mouth_to(gap)

@@ -9,8 +9,9 @@ Per frame (``N x 3`` float64 arrays of MediaPipe landmarks, x/y/z in pixels):
    (measured on the front of the chin) is kept;
 3. proportions: ``E`` in the neutral face's own axes, scaled per region by the ratio of the
    avatar's feature to the driver's (eye width, eye opening, mouth width), then into the avatar's
-   scale and orientation and added to the avatar's own landmarks; lids and lips may meet but not
-   cross, irises stay between the lids;
+   scale and orientation and added to the avatar's own landmarks; the lids' opening and closing
+   is amplified (``lid_gain``, see :data:`LID_GAIN`); lids and lips may meet but not cross, irises
+   stay between the lids;
 4. the pose change, taken in the driver's head frame and re-applied in the avatar's (a nod stays a
    nod on a three-quarter photo), soft-clamped to the configured limits, turning about a pivot at
    the chin (a tilting head swings its top, not its chin): yaw and pitch act through z, roll in
@@ -38,6 +39,16 @@ from avatarcam.landmarks.signals import head_axes
 RIGID = np.array(tp.RIGID, dtype=np.int64)
 CHIN = np.array(tp.CHIN, dtype=np.int64)
 REST_GAP = 0.02  # inner-lip gap of a closed mouth, in inter-ocular distances
+# How much further the avatar's lids move than the driver's, as read. The tracker under-reads a
+# lid: its filtered reading of a shut eye stays at 0.03-0.09 of the eye's width (the four driving
+# videos' blinks), not 0, against 0.25-0.35 open, so a proportional transfer leaves a blinking
+# avatar a third open. And a warped lid squashes the eye under it instead of covering it, so it
+# looks less closed than its landmarks say: the tracker reads a third to a half of a re-rendered
+# lid's movement. 1.5 shuts the avatar's eye at a driver reading a third of its open gap (measured
+# on all 28 pairs of scripts/evaluate.py: eyes r up on 24, docs/evaluation.md); 2 saturates the
+# blinks of the deepest-blinking driver early and adds head-roll noise.
+LID_GAIN = 1.5
+UPPER_LID_SHARE = 0.85  # of the added lid motion, the upper lid's (it does most of a blink)
 _EYE_R = tp.EYE_RIGHT_UPPER + tp.EYE_RIGHT_LOWER[1:-1]
 _EYE_L = tp.EYE_LEFT_UPPER + tp.EYE_LEFT_LOWER[1:-1]
 
@@ -332,10 +343,12 @@ class PairMapping:
         p = face.points
         return np.array([p[152, 0], p[152, 1], p[RIGID, 2].mean()])
 
-    def expression(self, current: np.ndarray) -> tuple[np.ndarray, tuple[float, np.ndarray, np.ndarray], float]:
+    def expression(self, current: np.ndarray, lid_gain: float = LID_GAIN
+                   ) -> tuple[np.ndarray, tuple[float, np.ndarray, np.ndarray], float]:
         """The avatar's landmarks wearing the driver's current expression (no pose yet), the
         driver's raw pose (s, R, t) relative to the neutral, and the driver's mean inner-lip gap
-        in the neutral's pose and pixels."""
+        in the neutral's pose and pixels. ``lid_gain``: how much further the lids move than the
+        driver's (1 for exact, made-up points)."""
         q = self.neutral.points
         s, rot, t = similarity(q[RIGID], current[RIGID])
         e = ((current - t) @ rot) / s - q  # pose-free expression delta
@@ -349,8 +362,19 @@ class PairMapping:
         f[:, 2] *= self.kx
         delta = (f @ self._to_face.T) @ self._to_avatar
         out = self.avatar.points + delta
+        if lid_gain != 1.0:
+            self._amplify_lids(out, lid_gain)
         self._uncross(out)
         return out, (s, rot, t), gap
+
+    def _amplify_lids(self, p: np.ndarray, gain: float) -> None:
+        """Open or close each pair of lid points ``gain`` times as far from the avatar's own gap."""
+        a, down = self.avatar.points, self._a_down
+        for pairs in (tp.EYE_RIGHT_PAIRS, tp.EYE_LEFT_PAIRS):
+            change = pair_gaps(p, pairs, down) - pair_gaps(a, pairs, down)
+            extra = (gain - 1.0) * change  # negative: closing further
+            p[pairs[:, 0]] -= np.outer(UPPER_LID_SHARE * extra, down)
+            p[pairs[:, 1]] += np.outer((1.0 - UPPER_LID_SHARE) * extra, down)
 
     def _uncross(self, p: np.ndarray) -> None:
         """Lids and lips may meet but not pass through each other; the irises stay inside the eyes."""
