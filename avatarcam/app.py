@@ -1,6 +1,7 @@
 """Builds the pipeline's parts from an :class:`~avatarcam.config.AppConfig` (no argv here)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ def engine_options(config: AppConfig) -> dict[str, Any]:
     if e.name == "passthrough":
         return {"size": e.size}
     if e.name == "mesh":
-        return {"size": e.size, "output": e.output, "device": e.device}
+        return {"size": e.size, "output": e.output, "device": e.device, **dataclasses.asdict(config.mesh)}
     if e.name == "fomm":
         from avatarcam.weights.store import resolve_fomm_weights
 

@@ -26,6 +26,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "fp16": ("engine", "fp16"),
     "weights": ("engine", "weights"),
     "find_best_frame": ("engine", "find_best_frame"),
+    "mouth_fill": ("mesh", "mouth_fill"),
     "width": ("output", "width"),
     "height": ("output", "height"),
     "fps": ("output", "fps"),
@@ -77,6 +78,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="FOMM checkpoint name (see `avatarcam weights list`) or path")
     g.add_argument("--find-best-frame", action="store_true", default=None,
                    help="calibrate on the driver frame that best matches the avatar's expression")
+    g.add_argument("--mouth-fill", choices=["synthetic", "driver"],
+                   help="mesh engine: an open mouth shows a drawn interior (synthetic, default) or the driver's own")
     g.add_argument("--avatar", help="avatar photo path, or a name / 1-based index in the avatar folder")
     g.add_argument("--avatars", help="avatar folder (default: avatars/)")
     g.add_argument("--no-follow", dest="follow", action="store_false", default=None,

@@ -41,6 +41,9 @@ def test_toml_file_fills_stages(tmp_path):
     ("[nonsense]\nx = 1\n", "nonsense"),
     ("[output\n", "TOML"),
     ("[output]\nwidth = 'wide'\n", "width"),
+    ("[mesh]\nmouth_fill = 'paint'\n", "paint"),
+    ("[mesh]\nmax_roll = 120\n", "max_roll"),
+    ("[mesh]\nlid_gain = 9.0\n", "lid_gain"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, needle):
     p = tmp_path / "bad.toml"
@@ -97,3 +100,29 @@ def test_config_print_round_trips(capsys):
 def test_with_overrides_skips_none():
     c = with_overrides(AppConfig(), {"output": {"width": None, "height": 360}})
     assert c.output.height == 360 and c.output.width == 1280
+
+
+def test_mesh_section_reaches_the_engine(tmp_path):
+    from avatarcam.app import build_engine
+
+    p = tmp_path / "mesh.toml"
+    p.write_text('[mesh]\nmouth_fill = "driver"\nmax_yaw = 20.0\nmax_roll = 10.0\nmax_shift = 0.1\nlid_gain = 1.0\n')
+    args = build_parser().parse_args(["--config", str(p), "run", "--device", "cpu"])
+    engine = build_engine(resolve_config(args))
+    assert engine.mouth_fill == "driver" and engine.reads_drive_pixels
+    assert (engine.limits.max_yaw, engine.limits.max_roll, engine.limits.max_shift) == (20.0, 10.0, 0.1)
+    assert engine.limits.max_pitch == 25.0 and engine.lid_gain == 1.0
+    # The flag wins over the file.
+    args = build_parser().parse_args(["--config", str(p), "run", "--mouth-fill", "synthetic", "--device", "cpu"])
+    assert build_engine(resolve_config(args)).mouth_fill == "synthetic"
+
+
+def test_mesh_config_defaults_are_the_engines():
+    import inspect
+
+    from avatarcam.config import MeshConfig
+    from avatarcam.engines.mesh import MeshEngine
+
+    engine_defaults = {k: v.default for k, v in inspect.signature(MeshEngine.__init__).parameters.items()}
+    for f in dataclasses.fields(MeshConfig):
+        assert engine_defaults[f.name] == f.default, f.name

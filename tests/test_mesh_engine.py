@@ -116,6 +116,23 @@ def test_head_roll_is_transferred(avatar, driver, judge):
     assert tilted - rest == pytest.approx(10.0, abs=2.0)
 
 
+def test_head_roll_past_the_limit_is_eased_to_it(avatar, driver, judge):
+    image, points = driver
+    rolls = {}
+    for limit in (30.0, 8.0):
+        engine = MeshEngine(output="crop", size=512, neutral_frames=1, max_roll=limit)
+        prepared = engine.prepare(avatar)
+        rest = face_signals(judge.detect(engine.animate(prepared, drive_of(image, points, 0))).face).roll
+        for i, degrees in enumerate((4.0, 25.0), start=1):
+            out = engine.animate(prepared, drive_of(image, rotated(points, degrees), i))
+            rolls[limit, degrees] = face_signals(judge.detect(out).face).roll - rest
+    assert rolls[30.0, 25.0] == pytest.approx(25.0, abs=3.0)  # within the limit: as driven
+    assert rolls[8.0, 4.0] == pytest.approx(4.0, abs=1.0)  # below the knee (70 %): untouched
+    # Past it: eased toward the limit (the target stops short of 8 degrees; the tracker reading
+    # the rendered face back reads it up to ~10 % high).
+    assert 5.6 < rolls[8.0, 25.0] < 8.0 * 1.2, rolls
+
+
 def test_closed_driver_eyes_close_the_avatars_eyes(avatar, driver, judge):
     image, points = driver
     engine = MeshEngine(output="crop", size=512, neutral_frames=1)
