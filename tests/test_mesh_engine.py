@@ -205,6 +205,35 @@ def test_a_shut_lid_is_skin_without_the_open_eyes_streaks(avatar):
     assert after < 0.1 * before, (before, after)
 
 
+def test_a_shut_lid_has_the_skins_grain(avatar):
+    """The filled-in lid is smooth; the skin's fine texture is laid back over it, so a shut eye is
+    not a flat patch. On a photo that is all grainy skin, the shut lid keeps most of the grain."""
+    from avatarcam.engines.mesh.eyes import EyelidPainter
+
+    rng = np.random.default_rng(7)
+    h, w = avatar.image.shape[:2]
+    noise = cv2.GaussianBlur(rng.normal(0.0, 30.0, (h, w)).astype(np.float32), (0, 0), 1.0)
+    image = np.repeat(np.clip(150.0 + noise, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    width = float(np.linalg.norm(pts[33] - pts[133]))
+    opening = np.zeros((h, w), np.uint8)
+    ring = np.concatenate([pts[list(tp.EYE_RIGHT_UPPER)], pts[list(tp.EYE_RIGHT_LOWER[-2:0:-1])]])
+    cv2.fillPoly(opening, [np.round(ring).astype(np.int32)], 1)
+    away = int(0.1 * width)  # from the lash line drawn along the upper lid
+    opening = cv2.erode(opening, np.ones((2 * away + 1, 2 * away + 1), np.uint8)).astype(bool)
+    assert opening.sum() > 30
+
+    def grain(img: np.ndarray) -> float:
+        grey = img.astype(np.float32).mean(axis=2)
+        return float((grey - cv2.GaussianBlur(grey, (0, 0), 0.05 * width))[opening].std())
+
+    before = grain(image)
+    painted = image.copy()
+    EyelidPainter(image=image, landmarks=avatar.face.landmarks).paint(painted, avatar.face.landmarks, (1.0, 0.0))
+    assert not np.array_equal(painted[opening], image[opening])  # it was painted over
+    assert grain(painted) > 0.5 * before, (before, grain(painted))
+
+
 def test_the_lid_skin_is_the_photo_away_from_the_eye(avatar):
     """The lid source fills in the eye and its lashes from the skin around them and leaves every
     other pixel as it is, so the painted lid has no outline of its own; inside the eye the iris

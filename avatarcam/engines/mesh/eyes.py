@@ -42,6 +42,12 @@ LASH_DARKNESS = 0.35  # the lash line's colour as a share of the lid skin's
 LID_LIGHT = 0.85  # a shut lid's lit edge, as a share of the skin under the eye
 SHADOW_REACH = 0.5  # how far from under the brow toward the lid edge a shut lid stays in shadow
 FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
+# The filled lid's grain: the detail finer than GRAIN_SIZE eye widths of the skin under the eye,
+# mirrored across a line GRAIN_MIRROR_GAP eye widths under the lower lid (past the lower lashes),
+# its strong lines squashed to GRAIN_CLIP x the detail's typical size.
+GRAIN_SIZE = 0.05
+GRAIN_MIRROR_GAP = 0.12
+GRAIN_CLIP = 2.0
 
 _EYES = (
     (tp.EYE_RIGHT_UPPER, tp.EYE_RIGHT_LOWER, ABOVE_RIGHT, UNDER_RIGHT),
@@ -91,6 +97,8 @@ class _LidSource:
     patch: np.ndarray
     offset: tuple[int, int]
     skin: np.ndarray
+    grain: np.ndarray | None = None  # float32 luma detail over ``patch``'s pixels, 0 outside the fill
+    corners: np.ndarray | None = None  # the eye's corners (2 x 2) in source pixels
 
 
 def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int], reach: float = 1.0) -> np.ndarray:
@@ -187,7 +195,48 @@ def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], l
     weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, 0.6 * width / FILL_WIDTH))
     weight = np.maximum(weight, mask)[..., None]
     filled = np.clip(values + weight * (surface - values) + 0.5, 0, 255).astype(np.uint8)
-    return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0))
+    grain = _grain(image, up, low, width, (int(x0), int(y0)), mask.shape) * weight[..., 0]
+    return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0),
+                      grain=grain.astype(np.float32), corners=np.array([up[0], up[-1]]))
+
+
+def _grain(image: np.ndarray, up: np.ndarray, low: np.ndarray, width: float, offset: tuple[int, int],
+           shape: tuple[int, int]) -> np.ndarray:
+    """Skin texture for the filled-in lid (float32 luma detail over ``shape`` pixels from
+    ``offset``): the fine detail of the skin under the eye, mirrored up across a line just under
+    the lower lashes, with strong lines (a deep wrinkle, a glasses rim) softened toward the level of
+    the skin's own grain."""
+    h, w = image.shape[:2]
+    axis, normal = _eye_frame(up)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    xs += offset[0]
+    ys += offset[1]
+    u = xs * axis[0] + ys * axis[1]
+    v = xs * normal[0] + ys * normal[1]
+    lu, lv = low @ axis, low @ normal
+    order = np.argsort(lu)
+    line = np.interp(u, lu[order], lv[order]) + GRAIN_MIRROR_GAP * width
+    shift = np.maximum(2.0 * (line - v), 0.0)  # a pixel above the line goes twice its height down
+    mx, my = xs + shift * normal[0], ys + shift * normal[1]
+    x0, y0 = max(int(np.floor(mx.min())) - 4, 0), max(int(np.floor(my.min())) - 4, 0)
+    x1, y1 = min(int(np.ceil(mx.max())) + 5, w), min(int(np.ceil(my.max())) + 5, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return np.zeros(shape, np.float32)
+    luma = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    detail = luma - cv2.GaussianBlur(luma, (0, 0), max(1.0, GRAIN_SIZE * width))
+    clip = GRAIN_CLIP * (1.4826 * float(np.median(np.abs(detail))) + 1e-3)  # x the detail's robust spread
+    detail = clip * np.tanh(detail / clip)
+    return cv2.remap(detail, (mx - x0).astype(np.float32), (my - y0).astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT)
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 2 x 3 rotation, scale and shift taking the two points ``a`` onto the two points ``b``."""
+    da, db = a[1] - a[0], b[1] - b[0]
+    za, zb = complex(da[0], da[1]), complex(db[0], db[1])
+    k = zb / za if abs(za) > 1e-9 else 1.0 + 0j
+    rot = np.array([[k.real, -k.imag], [k.imag, k.real]])
+    return np.hstack([rot, (b[0] - rot @ a[0])[:, None]])
 
 
 class EyelidPainter:
@@ -243,6 +292,13 @@ class EyelidPainter:
             mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.02 * width))
             blended = roi.astype(np.float32)
             blended += mask[..., None] * (lidded.astype(np.float32) - blended)
+            if src.grain is not None:
+                # The lid's grain moves with the eye as a whole (a similarity through its corners),
+                # not with the warp, which stretches a closing lid's band to several times its height.
+                to_src = _similarity(np.array([up[0], up[-1]]) - corner, src.corners - np.asarray(src.offset))
+                grain = cv2.warpAffine(src.grain, to_src, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                blended += (mask * grain)[..., None]
             # The lash line along the lid edge, thickest in the middle.
             curve = _lid_curve(up) - corner
             _, normal = _eye_frame(up)
