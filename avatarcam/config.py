@@ -17,6 +17,7 @@ import dacite
 from avatarcam.audio.config import AudioConfig
 from avatarcam.control_api import ApiConfig
 from avatarcam.controls import ControlsConfig
+from avatarcam.engines.mesh.options import MeshConfig
 from avatarcam.errors import ConfigError
 from avatarcam.geometry import PADS
 from avatarcam.landmarks.config import TrackerConfig
@@ -28,7 +29,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 FITS = ("face", "letterbox", "crop", "stretch")
 SINKS = ("virtualcam", "window", "file", "null")
-MOUTH_FILLS = ("synthetic", "driver")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -74,34 +74,6 @@ class EngineConfig:
         _require(self.output in ("photo", "crop"), f"engine output must be 'photo' or 'crop', got {self.output!r}")
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  f"engine device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    """The mesh engine's options. ``mouth_fill``: what an open mouth shows, ``synthetic`` (a drawn
-    cavity with teeth and tongue) or ``driver`` (the driver's own mouth, colour-matched to the
-    avatar). How far the avatar's head may turn (``max_yaw``, ``max_pitch``, ``max_roll``, degrees),
-    move (``max_shift``, face sizes) and grow or shrink (``max_scale``, a fraction) from the
-    photo's pose: past 70 % of a limit the motion is eased so it never quite reaches it.
-    ``lid_gain``: how much further the avatar's lids move than the driver's as tracked (the
-    tracker reads a shut eye a third open; 1 = exactly as read)."""
-
-    mouth_fill: str = "synthetic"
-    max_yaw: float = 35.0
-    max_pitch: float = 25.0
-    max_roll: float = 30.0
-    max_shift: float = 0.25
-    max_scale: float = 0.2
-    lid_gain: float = 1.5
-
-    def __post_init__(self) -> None:
-        _require(self.mouth_fill in MOUTH_FILLS, f"mesh mouth_fill must be one of {MOUTH_FILLS}, got {self.mouth_fill!r}")
-        for name in ("max_yaw", "max_pitch", "max_roll"):
-            value = getattr(self, name)
-            _require(0.0 <= value <= 90.0, f"mesh {name} must be in [0, 90] degrees, got {value}")
-        _require(0.0 <= self.max_shift <= 5.0, f"mesh max_shift must be in [0, 5] face sizes, got {self.max_shift}")
-        _require(0.0 <= self.max_scale < 1.0, f"mesh max_scale must be in [0, 1), got {self.max_scale}")
-        _require(0.5 <= self.lid_gain <= 3.0, f"mesh lid_gain must be in [0.5, 3], got {self.lid_gain}")
 
 
 @dataclass(frozen=True)

@@ -12,22 +12,14 @@ from avatarcam.engines.base import Drive, Engine
 from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.eyes import EyelidPainter
 from avatarcam.engines.mesh.mouth import MouthPainter
-from avatarcam.engines.mesh.retarget import (
-    LID_GAIN,
-    FaceFrame,
-    Limits,
-    Neutral,
-    PairMapping,
-    pair_gaps,
-    synthetic_face,
-)
+from avatarcam.engines.mesh.options import LID_GAIN, MeshConfig
+from avatarcam.engines.mesh.retarget import FaceFrame, Neutral, PairMapping, pair_gaps, synthetic_face
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import AvatarError, EngineError
 from avatarcam.geometry import Box, crop_square
 from avatarcam.landmarks.smoothing import OneEuro
 
 OUTPUTS = ("photo", "crop")
-FILLS = ("synthetic", "driver")
 # Rings around the face outline, as multiples of the outline's distance from its centre: the head
 # ring moves rigidly with the head (hair, ears), the outer ring stays put, and the band between
 # them absorbs the motion; it is wide above and beside the head (a tilting head swings its top
@@ -98,8 +90,8 @@ class MeshEngine(Engine):
     ``driver`` (the driver's own mouth interior, colour-matched). ``max_yaw / max_pitch /
     max_roll`` (degrees), ``max_shift`` (inter-ocular distances) and ``max_scale`` (fraction) bound
     the head motion, softly. ``lid_gain``: how much further the avatar's lids move than the
-    driver's as tracked (:data:`.retarget.LID_GAIN`; 1 = exactly as read). ``device``: ``cpu``, ``cuda`` or ``auto`` (the final resampling on a
-    GPU when torch sees one). ``neutral_frames``: tracked frames whose median is the driver's
+    driver's as tracked (:data:`.options.LID_GAIN`; 1 = exactly as read). ``device``: ``cpu``,
+    ``cuda`` or ``auto`` (the final resampling on a GPU when torch sees one). ``neutral_frames``: tracked frames whose median is the driver's
     neutral (again after :meth:`calibrate`; saved / restored by :meth:`get_calibration` /
     :meth:`set_calibration`). ``grid_step``: warp grid spacing in pixels at a 512-pixel face crop.
     A ``Drive.expression`` (voice-driven mouth, idle blinks and head motion) is shown instead of
@@ -115,21 +107,18 @@ class MeshEngine(Engine):
                  grid_step: int = 4) -> None:
         if output not in OUTPUTS:
             raise EngineError(f"mesh output must be one of {OUTPUTS}, got {output!r}")
-        if mouth_fill not in FILLS:
-            raise EngineError(f"mesh mouth_fill must be one of {FILLS}, got {mouth_fill!r}")
         if not 16 <= size <= 2048:
             raise EngineError(f"mesh size must be in [16, 2048], got {size}")
         if neutral_frames < 1:
             raise EngineError(f"neutral_frames must be >= 1, got {neutral_frames}")
         if not 1 <= grid_step <= 32:
             raise EngineError(f"grid_step must be in [1, 32] pixels, got {grid_step}")
-        if not 0.5 <= lid_gain <= 3.0:
-            raise EngineError(f"lid_gain must be in [0.5, 3], got {lid_gain}")
         try:
-            self.limits = Limits(max_yaw=max_yaw, max_pitch=max_pitch, max_roll=max_roll, max_shift=max_shift,
-                                 max_scale=max_scale)
+            options = MeshConfig(mouth_fill=mouth_fill, max_yaw=max_yaw, max_pitch=max_pitch, max_roll=max_roll,
+                                 max_shift=max_shift, max_scale=max_scale, lid_gain=lid_gain)
         except ValueError as exc:
-            raise EngineError(f"bad mesh head-motion limit: {exc}") from exc
+            raise EngineError(f"bad mesh option: {exc}") from exc
+        self.limits = options.limits()
         self.output, self.size, self.mouth_fill = output, int(size), mouth_fill
         self.neutral_frames, self.grid_step, self.lid_gain = int(neutral_frames), int(grid_step), float(lid_gain)
         self.device = self._pick_device(device)

@@ -33,50 +33,16 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from avatarcam.engines.mesh import topology as tp
+from avatarcam.engines.mesh.options import LID_GAIN, Limits
 from avatarcam.geometry import smoothstep
 from avatarcam.landmarks.signals import head_axes
 
 RIGID = np.array(tp.RIGID, dtype=np.int64)
 CHIN = np.array(tp.CHIN, dtype=np.int64)
 REST_GAP = 0.02  # inner-lip gap of a closed mouth, in inter-ocular distances
-# How much further the avatar's lids move than the driver's, as read. The tracker under-reads a
-# lid: its filtered reading of a shut eye stays at 0.03-0.09 of the eye's width (the four driving
-# videos' blinks), not 0, against 0.25-0.35 open, so a proportional transfer leaves a blinking
-# avatar a third open. And a warped lid squashes the eye under it instead of covering it, so it
-# looks less closed than its landmarks say: the tracker reads a third to a half of a re-rendered
-# lid's movement. 1.5 shuts the avatar's eye at a driver reading a third of its open gap (measured
-# on all 28 pairs of scripts/evaluate.py: eyes r up on 24, docs/evaluation.md); 2 saturates the
-# blinks of the deepest-blinking driver early and adds head-roll noise.
-LID_GAIN = 1.5
 UPPER_LID_SHARE = 0.85  # of the added lid motion, the upper lid's (it does most of a blink)
 _EYE_R = tp.EYE_RIGHT_UPPER + tp.EYE_RIGHT_LOWER[1:-1]
 _EYE_L = tp.EYE_LEFT_UPPER + tp.EYE_LEFT_LOWER[1:-1]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How far the avatar may move: degrees for the angles, face sizes (inter-ocular distances)
-    for the shift, a fraction for the scale change. Motion beyond ``knee`` x limit is compressed
-    smoothly so it approaches the limit without a hard stop."""
-
-    max_yaw: float = 35.0
-    max_pitch: float = 25.0
-    max_roll: float = 30.0
-    max_shift: float = 0.25
-    max_scale: float = 0.2
-    knee: float = 0.7
-
-    def __post_init__(self) -> None:
-        for name in ("max_yaw", "max_pitch", "max_roll"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 90.0:
-                raise ValueError(f"{name} must be in [0, 90] degrees, got {value}")
-        if not 0.0 <= self.max_shift <= 5.0:
-            raise ValueError(f"max_shift must be in [0, 5] face sizes, got {self.max_shift}")
-        if not 0.0 <= self.max_scale < 1.0:
-            raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale}")
-        if not 0.0 < self.knee <= 1.0:
-            raise ValueError(f"knee must be in (0, 1], got {self.knee}")
 
 
 def soft_limit(x: float, limit: float, knee: float = 0.7) -> float:
