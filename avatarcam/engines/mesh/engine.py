@@ -91,8 +91,8 @@ class MeshEngine(Engine):
     max_roll`` (degrees), ``max_shift`` (inter-ocular distances) and ``max_scale`` (fraction) bound
     the head motion, softly. ``lid_gain``: how much further the avatar's lids move than the
     driver's as tracked (:data:`.options.LID_GAIN`; 1 = exactly as read). ``device``: ``cpu``,
-    ``cuda`` or ``auto`` (the final resampling on a GPU when torch sees one). ``neutral_frames``: tracked frames whose median is the driver's
-    neutral (again after :meth:`calibrate`; saved / restored by :meth:`get_calibration` /
+    ``cuda`` or ``auto`` (the final resampling on a GPU when torch sees one). ``neutral_frames``:
+    tracked frames whose median is the driver's neutral (again after :meth:`calibrate`; saved / restored by :meth:`get_calibration` /
     :meth:`set_calibration`). ``grid_step``: warp grid spacing in pixels at a 512-pixel face crop.
     A ``Drive.expression`` (voice-driven mouth, idle blinks and head motion) is shown instead of
     the tracked face when set.

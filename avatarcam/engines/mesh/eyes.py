@@ -101,19 +101,31 @@ class _LidSource:
     corners: np.ndarray | None = None  # the eye's corners (2 x 2) in source pixels
 
 
+def _eye_coords(shape: tuple[int, int], axis: np.ndarray, normal: np.ndarray, offset: tuple[int, int] = (0, 0)
+                ) -> tuple[np.ndarray, ...]:
+    """Per pixel of a ``shape`` region whose (0, 0) is at ``offset``: its x and y, and its
+    coordinates along the eye (u) and down the face (v) in the eye's frame (float32)."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    xs += offset[0]
+    ys += offset[1]
+    return xs, ys, xs * axis[0] + ys * axis[1], xs * normal[0] + ys * normal[1]
+
+
+def _height_at(u: np.ndarray, line: np.ndarray, axis: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """The v (down the face) of the polyline ``line`` (``K x 2``) at eye-frame positions ``u``."""
+    lu, lv = line @ axis, line @ normal
+    order = np.argsort(lu)
+    return np.interp(u, lu[order], lv[order])
+
+
 def _between(top: np.ndarray, bottom: np.ndarray, shape: tuple[int, int], reach: float = 1.0) -> np.ndarray:
     """Per pixel of a ``shape`` region, 0 on and above the polyline ``top`` rising smoothly to 1
     at ``reach`` of the way to the polyline ``bottom`` and below (both ``K x 2``, corner to
     corner), in the eye's frame."""
     axis, normal = _eye_frame(bottom)
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    u = xs * axis[0] + ys * axis[1]
-    v = xs * normal[0] + ys * normal[1]
-    tu, tv = top @ axis, top @ normal
-    bu, bv = bottom @ axis, bottom @ normal
-    it, ib = np.argsort(tu), np.argsort(bu)
-    vt = np.interp(u, tu[it], tv[it])
-    vb = np.interp(u, bu[ib], bv[ib])
+    _, _, u, v = _eye_coords(shape, axis, normal)
+    vt = _height_at(u, top, axis, normal)
+    vb = _height_at(u, bottom, axis, normal)
     return smoothstep((v - vt) / np.maximum(reach * (vb - vt), 1e-3))
 
 
@@ -208,14 +220,8 @@ def _grain(image: np.ndarray, up: np.ndarray, low: np.ndarray, width: float, off
     the skin's own grain."""
     h, w = image.shape[:2]
     axis, normal = _eye_frame(up)
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
-    xs += offset[0]
-    ys += offset[1]
-    u = xs * axis[0] + ys * axis[1]
-    v = xs * normal[0] + ys * normal[1]
-    lu, lv = low @ axis, low @ normal
-    order = np.argsort(lu)
-    line = np.interp(u, lu[order], lv[order]) + GRAIN_MIRROR_GAP * width
+    xs, ys, u, v = _eye_coords(shape, axis, normal, offset)
+    line = _height_at(u, low, axis, normal) + GRAIN_MIRROR_GAP * width
     shift = np.maximum(2.0 * (line - v), 0.0)  # a pixel above the line goes twice its height down
     mx, my = xs + shift * normal[0], ys + shift * normal[1]
     x0, y0 = max(int(np.floor(mx.min())) - 4, 0), max(int(np.floor(my.min())) - 4, 0)
