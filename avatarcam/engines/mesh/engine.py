@@ -13,7 +13,13 @@ from avatarcam.engines.mesh import topology as tp
 from avatarcam.engines.mesh.eyes import EyelidPainter
 from avatarcam.engines.mesh.mouth import MouthPainter
 from avatarcam.engines.mesh.options import LID_GAIN, MeshConfig
-from avatarcam.engines.mesh.retarget import FaceFrame, Neutral, PairMapping, pair_gaps, synthetic_face
+from avatarcam.engines.mesh.retarget import (
+    FaceFrame,
+    Neutral,
+    PairMapping,
+    pair_gaps,
+    synthetic_face,
+)
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import AvatarError, EngineError
 from avatarcam.geometry import Box, crop_square
