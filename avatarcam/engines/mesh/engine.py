@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -33,6 +34,15 @@ OUTPUTS = ("photo", "crop")
 # body and the rest of the photo do not move. (sides, top, bottom)
 HEAD_RING = (1.35, 1.5, 1.06)
 FIXED_RING = (2.4, 2.6, 1.4)
+# Rings inside the band, evenly spaced, carrying a share of the head ring's motion that falls
+# along a smoothstep, so that a straight edge in the background crossing the band (a door frame,
+# a picture's border) bends in a smooth curve, without a crease where the band meets the head or
+# the still photo. The smoothstep squeezes the middle of the band 1.5 times as much as a
+# straight falloff; where that would squeeze it by more than BAND_SQUEEZE of its width (a head
+# moving far toward the narrow band under the chin) the falloff leans toward the straight one.
+BAND_RINGS = 6
+BAND_SQUEEZE = 0.7
+BAND_SOFTEN = 0.15  # and its triangles' creases smoothed away (Gaussian sigma, inter-ocular distances)
 JAW_FOLLOW = 0.6  # how much of the chin's own movement the ring below it follows
 LOST_DECAY = 0.9  # per frame without a face, the motion eases back toward the rest pose
 SCALE_CUTOFF_HZ = 0.7  # One Euro cutoff of the head-scale filter
@@ -50,6 +60,8 @@ class MeshAvatar:
     face: FaceFrame  # avatar landmarks in window pixels (x, y, z)
     rings: np.ndarray  # head ring, 3-D (K x 3), moves with the head
     n_ring: int
+    band_rho: np.ndarray  # places of the rings inside the band (0 = head ring, 1 = fixed ring)
+    band_radial: np.ndarray  # per head ring vertex, the vector to its fixed ring vertex
     warp: MeshWarp
     mouth: MouthPainter
     lids: EyelidPainter
@@ -66,6 +78,18 @@ def _ring(points2: np.ndarray, centre: np.ndarray, down: np.ndarray, factors: tu
     side, top, bottom = factors
     f = side + (top - side) * np.clip(up, 0, 1) ** 1.5 + (bottom - side) * np.clip(-up, 0, 1) ** 0.6
     return centre + rel * f[:, None]
+
+
+def band_falloff(head_moves: np.ndarray, radial: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Share of the head ring's motion (``n x 2`` moves of its vertices) that each ring inside the
+    band carries, ``K x n``: the rings sit at ``rho`` (``K``, 0 = head ring, 1 = fixed ring) along
+    ``radial`` (``n x 2``, head ring vertex -> fixed ring vertex)."""
+    straight = 1.0 - rho
+    smooth = 1.0 - rho * rho * (3.0 - 2.0 * rho)
+    # How far each head ring vertex moves toward the fixed ring, as a fraction of the band's width.
+    squeeze = np.maximum((head_moves * radial).sum(axis=1), 0.0) / np.maximum((radial * radial).sum(axis=1), 1e-9)
+    lean = np.clip((BAND_SQUEEZE / np.maximum(squeeze, 1e-9) - 1.0) / 0.5, 0.0, 1.0)
+    return straight[:, None] + lean[None, :] * (smooth - straight)[:, None]
 
 
 def _strip_rings(a0: int, b0: int, n: int) -> np.ndarray:
@@ -207,13 +231,16 @@ class MeshEngine(Engine):
             face = FaceFrame.of(win_pts)
             head, fixed, oval = head - shift[:2], fixed - shift[:2], oval - shift[:2]
         n_ring = len(tp.FACE_OVAL)
-        vertices = np.concatenate([win_pts[:, :2], head, fixed])
+        rho = np.arange(1, BAND_RINGS + 1) / (BAND_RINGS + 1.0)
+        inner = [head + r * (fixed - head) for r in rho]
+        vertices = np.concatenate([win_pts[:, :2], head, fixed, *inner])
         head0, fixed0 = tp.N_LANDMARKS, tp.N_LANDMARKS + n_ring
+        chain = [head0, *(fixed0 + n_ring * (k + 1) for k in range(BAND_RINGS)), fixed0]
         oval_idx = np.array(tp.FACE_OVAL)
         ring_tris = np.concatenate([
             np.stack([oval_idx, np.roll(oval_idx, -1), head0 + (np.arange(n_ring) + 1) % n_ring], axis=1),
             np.stack([oval_idx, head0 + (np.arange(n_ring) + 1) % n_ring, head0 + np.arange(n_ring)], axis=1),
-            _strip_rings(head0, fixed0, n_ring),
+            *(_strip_rings(a, b, n_ring) for a, b in itertools.pairwise(chain)),
         ])
         face_tris = np.concatenate([
             tp.face_triangles(),
@@ -239,7 +266,7 @@ class MeshEngine(Engine):
         rest_gap = float(pair_gaps(win_pts, tp.LIP_PAIRS, face.axes[:, 1]).mean())
         gpu = TorchRemap(source, self.device) if self.device != "cpu" else None
         return MeshAvatar(avatar=avatar, source=source, origin=origin, window=window, face=face, rings=rings,
-                          n_ring=n_ring, warp=warp, mouth=mouth, lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
+                          n_ring=n_ring, band_rho=rho, band_radial=fixed - head, warp=warp, mouth=mouth, lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
                           face_idx=np.array(tp.FACE_OVAL), detail_idx=tp.detail_groups())
 
     # -- per frame -------------------------------------------------------------------------------
@@ -309,9 +336,13 @@ class MeshEngine(Engine):
         ring = prepared.rings.copy()
         ring[:, :2] += JAW_FOLLOW * (expr[oval, :2] - a[oval, :2])
         ring_t = mapping.apply_pose(ring, pose, rot)
-        moves = np.zeros((tp.N_LANDMARKS + 2 * prepared.n_ring, 2))
+        n, k = prepared.n_ring, len(prepared.band_rho)
+        moves = np.zeros((tp.N_LANDMARKS + (2 + k) * n, 2))  # landmarks, head ring, fixed ring, band
         moves[: tp.N_LANDMARKS] = target[:, :2] - a[:, :2]
-        moves[tp.N_LANDMARKS: tp.N_LANDMARKS + prepared.n_ring] = ring_t[:, :2] - prepared.rings[:, :2]
+        head = ring_t[:, :2] - prepared.rings[:, :2]
+        moves[tp.N_LANDMARKS: tp.N_LANDMARKS + n] = head
+        share = band_falloff(head, prepared.band_radial, prepared.band_rho)
+        moves[tp.N_LANDMARKS + 2 * n:] = (share[..., None] * head).reshape(k * n, 2)
         return moves, target
 
     def animate(self, prepared: MeshAvatar, drive: Drive) -> np.ndarray:
@@ -342,25 +373,33 @@ class MeshEngine(Engine):
             moves, target = None, None
         return self.render(prepared, moves, target, drive if face is not None else None)
 
+    def warp_table(self, prepared: MeshAvatar, moves: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The remap table (window ``h x w x 2``, source pixels) for per-vertex ``moves`` and the
+        ``target`` landmarks they put the face at."""
+        src = prepared.face.points[:, :2]
+        tgt = target[:, :2]
+
+        def rect(idx: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+            pts = np.concatenate([src[idx], tgt[idx]])
+            lo = np.floor(pts.min(axis=0) - margin)
+            hi = np.ceil(pts.max(axis=0) + margin)
+            return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+        step = prepared.warp.step
+        face = rect(prepared.face_idx, 2.0 * step)
+        details = tuple(rect(idx, 1.5 * step) for idx in prepared.detail_idx)
+        n, v = prepared.n_ring, prepared.warp.vertices
+        head = v[tp.N_LANDMARKS: tp.N_LANDMARKS + n] + moves[tp.N_LANDMARKS: tp.N_LANDMARKS + n]
+        calm = (head, v[tp.N_LANDMARKS + n: tp.N_LANDMARKS + 2 * n], BAND_SOFTEN * prepared.face.iod)
+        return prepared.warp.map(moves, prepared.origin, face=face, details=details, calm=calm)
+
     def render(self, prepared: MeshAvatar, moves: np.ndarray | None, target: np.ndarray | None,
                drive: Drive | None = None) -> np.ndarray:
         """The output image for per-vertex ``moves`` (None: the avatar at rest)."""
         x0, y0, x1, y1 = prepared.window
         image = table = None
         if moves is not None and np.abs(moves).max() > 1e-3:
-            src = prepared.face.points[:, :2]
-            tgt = target[:, :2]
-
-            def rect(idx: np.ndarray, margin: float) -> tuple[int, int, int, int]:
-                pts = np.concatenate([src[idx], tgt[idx]])
-                lo = np.floor(pts.min(axis=0) - margin)
-                hi = np.ceil(pts.max(axis=0) + margin)
-                return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
-
-            step = prepared.warp.step
-            face = rect(prepared.face_idx, 2.0 * step)
-            details = tuple(rect(idx, 1.5 * step) for idx in prepared.detail_idx)
-            table = prepared.warp.map(moves, prepared.origin, face=face, details=details)
+            table = self.warp_table(prepared, moves, target)
             image = prepared.remap_gpu(table) if prepared.remap_gpu is not None else remap_cpu(prepared.source, table)
         if image is None:
             ox, oy = prepared.origin

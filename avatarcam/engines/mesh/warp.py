@@ -22,6 +22,7 @@ import numpy as np
 
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in window pixels
+Calm = tuple[np.ndarray, np.ndarray, float]  # keep polygon, region polygon, sigma (see MeshWarp.map)
 
 
 class MeshWarp:
@@ -83,11 +84,11 @@ class MeshWarp:
         spent on the empty parts of triangles' bounding boxes."""
         x0, y0, x1, y1 = rect
         gw, gh = math.ceil((x1 - x0) / step) + 2, math.ceil((y1 - y0) / step) + 2
-        half = (step - 1) / 2.0
-        ox, oy = x0 - step + half, y0 - step + half  # position of grid point (0, 0)
+        px, py = _grid_axes(rect, step, gw, gh)
+        ox, oy = float(px[0]), float(py[0])  # position of grid point (0, 0)
         out = np.empty((gh, gw, 2), dtype=np.float32)  # identity where no triangle covers
-        out[..., 0] = np.arange(gw, dtype=np.float32) * step + (ox + origin[0])
-        out[..., 1] = (np.arange(gh, dtype=np.float32) * step + (oy + origin[1]))[:, None]
+        out[..., 0] = px + origin[0]
+        out[..., 1] = (py + origin[1])[:, None]
         t_px, aff_all, ok, box = tris
         # Only the triangles that reach this grid (a detail level sees a few dozen of them).
         ex0, ey0 = ox - 1e-3, oy - 1e-3
@@ -148,12 +149,24 @@ class MeshWarp:
         out.reshape(-1, 2)[row.astype(np.int64) * gw + col.astype(np.int64)] = value
         return out, gw, gh
 
-    def _level(self, table: np.ndarray, tris: tuple, rect: Rect, step: int, origin: tuple[int, int]) -> None:
-        """Fill ``table`` inside ``rect`` from a raster at ``step``, upsampled bilinearly."""
+    def _level(self, table: np.ndarray, tris: tuple, rect: Rect, step: int, origin: tuple[int, int],
+               calm: Calm | None = None, keep: np.ndarray | None = None) -> None:
+        """Fill ``table`` inside ``rect`` from a raster at ``step``, upsampled bilinearly; with
+        ``calm``, smoothed there (see :meth:`map`); with ``keep``, only inside that polygon."""
         x0, y0, x1, y1 = rect
         if x1 <= x0 or y1 <= y0:
             return
         grid, gw, gh = self._raster(tris, rect, step, origin)
+        if calm is not None:
+            grid = _calmed(grid, calm, rect, step, origin)
+        if keep is not None:
+            # Outside ``keep`` this level takes what the table already holds there (the coarser
+            # level, smoothed), sampled at its own grid points, fading in over about a cell.
+            px, py = _grid_axes(rect, step, gw, gh)
+            mx, my = np.meshgrid(px, py)
+            below = cv2.remap(table, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            inside = cv2.GaussianBlur(_fill(keep, px, py, step), (0, 0), 1.0)[..., None]
+            grid = below + inside * (grid - below)
         if step == 1:
             table[y0:y1, x0:x1] = grid[1:1 + y1 - y0, 1:1 + x1 - x0]
             return
@@ -164,11 +177,18 @@ class MeshWarp:
         return self._affines(self.vertices + moves)
 
     def map(self, moves: np.ndarray, origin: tuple[int, int] = (0, 0), face: Rect | None = None,
-            details: tuple[Rect, ...] = ()) -> np.ndarray:
+            details: tuple[Rect, ...] = (), calm: Calm | None = None) -> np.ndarray:
         """The remap table (``h x w x 2`` float32, source pixel per window pixel) for per-vertex
         ``moves`` (``V x 2``). ``face``: the region rastered at ``step`` (default: the whole window);
         ``details``: regions rastered at ``max(1, step // 2)``; ``origin``: the window's top-left
-        corner in the source image (integer pixels)."""
+        corner in the source image (integer pixels).
+
+        ``calm``: (``keep``, ``region``, ``sigma``), polygons in window pixels and a length in
+        pixels. Inside ``region`` but outside ``keep``, the displacement of the coarse level is
+        smoothed with a Gaussian of ``sigma`` (normalised over ``region``, so nothing outside it
+        moves): a piecewise-affine mesh creases straight lines along its triangles' edges, and
+        that is where the mesh only stands in for a smooth motion (the band around a head). The
+        ``face`` level then fills only the inside of ``keep``. Used with ``face``."""
         w, h = self.size
         tris = self.affines_for(moves)
         table = np.empty((h, w, 2), dtype=np.float32)
@@ -176,11 +196,47 @@ class MeshWarp:
         if face is None:
             self._level(table, tris, whole, self.step, origin)
         else:
-            self._level(table, tris, whole, 2 * self.step, origin)
-            self._level(table, tris, _clip(face, w, h), self.step, origin)
+            self._level(table, tris, whole, 2 * self.step, origin, calm=calm)
+            self._level(table, tris, _clip(face, w, h), self.step, origin,
+                        keep=None if calm is None else calm[0])
         for rect in details:
             self._level(table, tris, _clip(rect, w, h), max(1, self.step // 2), origin)
         return table
+
+
+def _grid_axes(rect: Rect, step: int, gw: int, gh: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window-pixel positions of a level's grid columns and rows (see :meth:`MeshWarp._raster`)."""
+    half = (step - 1) / 2.0
+    return ((np.arange(gw, dtype=np.float32) - 1.0) * step + (rect[0] + half),
+            (np.arange(gh, dtype=np.float32) - 1.0) * step + (rect[1] + half))
+
+
+def _fill(poly: np.ndarray, px: np.ndarray, py: np.ndarray, step: int) -> np.ndarray:
+    """1 inside ``poly`` (window pixels), 0 outside, on the grid of axes ``px``, ``py``."""
+    m = np.zeros((len(py), len(px)), np.float32)
+    cv2.fillPoly(m, [np.round((poly - (px[0], py[0])) / step * 16).astype(np.int32)], 1.0, shift=4)
+    return m
+
+
+def _calmed(grid: np.ndarray, calm: Calm, rect: Rect, step: int, origin: tuple[int, int]) -> np.ndarray:
+    """``grid`` (a level's raster, see :meth:`MeshWarp._raster`) with its displacement smoothed
+    inside ``calm``'s region and outside its keep polygon, blending in over about a grid cell."""
+    keep, region, sigma = calm
+    px, py = _grid_axes(rect, step, grid.shape[1], grid.shape[0])
+    ident = np.empty_like(grid)
+    ident[..., 0] = px + origin[0]
+    ident[..., 1] = (py + origin[1])[:, None]
+    disp = grid - ident
+    inside = _fill(region, px, py, step)
+    s = max(sigma / step, 0.5)
+    weight = cv2.GaussianBlur(inside, (0, 0), s)
+    smooth = cv2.GaussianBlur(disp * inside[..., None], (0, 0), s) / np.maximum(weight, 1e-6)[..., None]
+    exact = cv2.GaussianBlur(cv2.dilate(_fill(keep, px, py, step), np.ones((3, 3), np.uint8)), (0, 0), 1.0)
+    # Full smoothing from about a sigma inside the region, none at its edge (where the mesh's own
+    # motion has already faded to nothing).
+    core = np.clip(2.0 * weight - 1.0, 0.0, 1.0)
+    share = (core * (1.0 - exact))[..., None]
+    return ident + disp + share * (smooth - disp)
 
 
 def _clip(rect: Rect, w: int, h: int) -> Rect:
