@@ -266,7 +266,8 @@ class MeshEngine(Engine):
         rest_gap = float(pair_gaps(win_pts, tp.LIP_PAIRS, face.axes[:, 1]).mean())
         gpu = TorchRemap(source, self.device) if self.device != "cpu" else None
         return MeshAvatar(avatar=avatar, source=source, origin=origin, window=window, face=face, rings=rings,
-                          n_ring=n_ring, band_rho=rho, band_radial=fixed - head, warp=warp, mouth=mouth, lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
+                          n_ring=n_ring, band_rho=rho, band_radial=fixed - head, warp=warp, mouth=mouth,
+                          lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
                           face_idx=np.array(tp.FACE_OVAL), detail_idx=tp.detail_groups())
 
     # -- per frame -------------------------------------------------------------------------------

@@ -86,9 +86,7 @@ class MeshWarp:
         gw, gh = math.ceil((x1 - x0) / step) + 2, math.ceil((y1 - y0) / step) + 2
         px, py = _grid_axes(rect, step, gw, gh)
         ox, oy = float(px[0]), float(py[0])  # position of grid point (0, 0)
-        out = np.empty((gh, gw, 2), dtype=np.float32)  # identity where no triangle covers
-        out[..., 0] = px + origin[0]
-        out[..., 1] = (py + origin[1])[:, None]
+        out = _identity(px, py, origin)  # where no triangle covers
         t_px, aff_all, ok, box = tris
         # Only the triangles that reach this grid (a detail level sees a few dozen of them).
         ex0, ey0 = ox - 1e-3, oy - 1e-3
@@ -211,6 +209,14 @@ def _grid_axes(rect: Rect, step: int, gw: int, gh: int) -> tuple[np.ndarray, np.
             (np.arange(gh, dtype=np.float32) - 1.0) * step + (rect[1] + half))
 
 
+def _identity(px: np.ndarray, py: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    """The grid of axes ``px``, ``py`` as source positions (``gh x gw x 2``, plus ``origin``)."""
+    out = np.empty((len(py), len(px), 2), dtype=np.float32)
+    out[..., 0] = px + origin[0]
+    out[..., 1] = (py + origin[1])[:, None]
+    return out
+
+
 def _fill(poly: np.ndarray, px: np.ndarray, py: np.ndarray, step: int) -> np.ndarray:
     """1 inside ``poly`` (window pixels), 0 outside, on the grid of axes ``px``, ``py``."""
     m = np.zeros((len(py), len(px)), np.float32)
@@ -223,10 +229,7 @@ def _calmed(grid: np.ndarray, calm: Calm, rect: Rect, step: int, origin: tuple[i
     inside ``calm``'s region and outside its keep polygon, blending in over about a grid cell."""
     keep, region, sigma = calm
     px, py = _grid_axes(rect, step, grid.shape[1], grid.shape[0])
-    ident = np.empty_like(grid)
-    ident[..., 0] = px + origin[0]
-    ident[..., 1] = (py + origin[1])[:, None]
-    disp = grid - ident
+    disp = grid - _identity(px, py, origin)
     inside = _fill(region, px, py, step)
     s = max(sigma / step, 0.5)
     weight = cv2.GaussianBlur(inside, (0, 0), s)
@@ -236,7 +239,7 @@ def _calmed(grid: np.ndarray, calm: Calm, rect: Rect, step: int, origin: tuple[i
     # motion has already faded to nothing).
     core = np.clip(2.0 * weight - 1.0, 0.0, 1.0)
     share = (core * (1.0 - exact))[..., None]
-    return ident + disp + share * (smooth - disp)
+    return grid + share * (smooth - disp)
 
 
 def _clip(rect: Rect, w: int, h: int) -> Rect:
