@@ -41,6 +41,7 @@ FIXED_RING = (2.4, 2.6, 1.4)
 # straight falloff; where that would squeeze it by more than BAND_SQUEEZE of its width (a head
 # moving far toward the narrow band under the chin) the falloff leans toward the straight one.
 BAND_RINGS = 6
+BAND_RHO = np.arange(1, BAND_RINGS + 1) / (BAND_RINGS + 1.0)  # their places, 0 = head ring, 1 = fixed ring
 BAND_SQUEEZE = 0.7
 BAND_SOFTEN = 0.15  # and its triangles' creases smoothed away (Gaussian sigma, inter-ocular distances)
 JAW_FOLLOW = 0.6  # how much of the chin's own movement the ring below it follows
@@ -60,8 +61,6 @@ class MeshAvatar:
     face: FaceFrame  # avatar landmarks in window pixels (x, y, z)
     rings: np.ndarray  # head ring, 3-D (K x 3), moves with the head
     n_ring: int
-    band_rho: np.ndarray  # places of the rings inside the band (0 = head ring, 1 = fixed ring)
-    band_radial: np.ndarray  # per head ring vertex, the vector to its fixed ring vertex
     warp: MeshWarp
     mouth: MouthPainter
     lids: EyelidPainter
@@ -69,6 +68,12 @@ class MeshAvatar:
     face_idx: np.ndarray  # landmarks bounding the face level of the warp
     detail_idx: tuple[np.ndarray, ...]  # landmark groups (eyes, mouth) warped at the finest level
     remap_gpu: TorchRemap | None = None
+
+    def ring(self, index: int) -> slice:
+        """Rows of ring ``index`` among the warp's vertices (after the landmarks): 0 the head ring,
+        1 the fixed ring, 2 and on the rings inside the band, from the head ring outward."""
+        start = tp.N_LANDMARKS + index * self.n_ring
+        return slice(start, start + self.n_ring)
 
 
 def _ring(points2: np.ndarray, centre: np.ndarray, down: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
@@ -231,8 +236,7 @@ class MeshEngine(Engine):
             face = FaceFrame.of(win_pts)
             head, fixed, oval = head - shift[:2], fixed - shift[:2], oval - shift[:2]
         n_ring = len(tp.FACE_OVAL)
-        rho = np.arange(1, BAND_RINGS + 1) / (BAND_RINGS + 1.0)
-        inner = [head + r * (fixed - head) for r in rho]
+        inner = [head + r * (fixed - head) for r in BAND_RHO]
         vertices = np.concatenate([win_pts[:, :2], head, fixed, *inner])
         head0, fixed0 = tp.N_LANDMARKS, tp.N_LANDMARKS + n_ring
         chain = [head0, *(fixed0 + n_ring * (k + 1) for k in range(BAND_RINGS)), fixed0]
@@ -266,7 +270,7 @@ class MeshEngine(Engine):
         rest_gap = float(pair_gaps(win_pts, tp.LIP_PAIRS, face.axes[:, 1]).mean())
         gpu = TorchRemap(source, self.device) if self.device != "cpu" else None
         return MeshAvatar(avatar=avatar, source=source, origin=origin, window=window, face=face, rings=rings,
-                          n_ring=n_ring, band_rho=rho, band_radial=fixed - head, warp=warp, mouth=mouth,
+                          n_ring=n_ring, warp=warp, mouth=mouth,
                           lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
                           face_idx=np.array(tp.FACE_OVAL), detail_idx=tp.detail_groups())
 
@@ -337,13 +341,13 @@ class MeshEngine(Engine):
         ring = prepared.rings.copy()
         ring[:, :2] += JAW_FOLLOW * (expr[oval, :2] - a[oval, :2])
         ring_t = mapping.apply_pose(ring, pose, rot)
-        n, k = prepared.n_ring, len(prepared.band_rho)
-        moves = np.zeros((tp.N_LANDMARKS + (2 + k) * n, 2))  # landmarks, head ring, fixed ring, band
+        v = prepared.warp.vertices
+        moves = np.zeros_like(v)  # the fixed ring stays put
         moves[: tp.N_LANDMARKS] = target[:, :2] - a[:, :2]
         head = ring_t[:, :2] - prepared.rings[:, :2]
-        moves[tp.N_LANDMARKS: tp.N_LANDMARKS + n] = head
-        share = band_falloff(head, prepared.band_radial, prepared.band_rho)
-        moves[tp.N_LANDMARKS + 2 * n:] = (share[..., None] * head).reshape(k * n, 2)
+        moves[prepared.ring(0)] = head
+        share = band_falloff(head, v[prepared.ring(1)] - v[prepared.ring(0)], BAND_RHO)
+        moves[prepared.ring(2).start:] = (share[..., None] * head).reshape(-1, 2)
         return moves, target
 
     def animate(self, prepared: MeshAvatar, drive: Drive) -> np.ndarray:
@@ -389,9 +393,8 @@ class MeshEngine(Engine):
         step = prepared.warp.step
         face = rect(prepared.face_idx, 2.0 * step)
         details = tuple(rect(idx, 1.5 * step) for idx in prepared.detail_idx)
-        n, v = prepared.n_ring, prepared.warp.vertices
-        head = v[tp.N_LANDMARKS: tp.N_LANDMARKS + n] + moves[tp.N_LANDMARKS: tp.N_LANDMARKS + n]
-        calm = (head, v[tp.N_LANDMARKS + n: tp.N_LANDMARKS + 2 * n], BAND_SOFTEN * prepared.face.iod)
+        v, head = prepared.warp.vertices, prepared.ring(0)
+        calm = (v[head] + moves[head], v[prepared.ring(1)], BAND_SOFTEN * prepared.face.iod)
         return prepared.warp.map(moves, prepared.origin, face=face, details=details, calm=calm)
 
     def render(self, prepared: MeshAvatar, moves: np.ndarray | None, target: np.ndarray | None,

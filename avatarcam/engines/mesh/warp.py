@@ -77,7 +77,8 @@ class MeshWarp:
                 origin: tuple[int, int]) -> tuple[np.ndarray, int, int]:
         """Absolute source positions (``gh x gw x 2`` float32, plus ``origin``) on the grid of
         ``rect`` padded by one cell on every side; grid point (i, j) sits at
-        ``x0 + (j - 1) * step + (step - 1) / 2``. Returns the grid and (gw, gh).
+        ``x0 + (j - 1) * step + (step - 1) / 2``. Returns the grid and its column and row positions
+        (window pixels, see :func:`_grid_axes`).
 
         Scanline rasterisation, vectorised over all triangles: first every (triangle, grid row)
         pair with the row's covered column span, then every covered grid point, so no work is
@@ -93,7 +94,7 @@ class MeshWarp:
         ex1, ey1 = ox + (gw - 1) * step + 1e-3, oy + (gh - 1) * step + 1e-3
         sel = np.flatnonzero(ok & (box[:, 2] >= ex0) & (box[:, 0] <= ex1) & (box[:, 3] >= ey0) & (box[:, 1] <= ey1))
         if len(sel) == 0:
-            return out, gw, gh
+            return out, px, py
         t = (t_px[sel] - (ox, oy)) / step  # K x 3 x 2 in grid units
         aff = aff_all[sel]
         bs = (box[sel] - (ox, oy, ox, oy)) / step
@@ -102,7 +103,7 @@ class MeshWarp:
         rows = np.maximum(r1 - r0 + 1, 0).astype(np.int64)
         live = np.flatnonzero(rows)
         if len(live) == 0:
-            return out, gw, gh
+            return out, px, py
         n = rows[live]
         f = np.repeat(live, n)
         y = r0[f] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
@@ -130,7 +131,7 @@ class MeshWarp:
         m = np.maximum(m, 0).astype(np.int64)
         keep = np.flatnonzero(m)
         if len(keep) == 0:
-            return out, gw, gh
+            return out, px, py
         m = m[keep]
         total = int(m.sum())
         span = np.repeat(keep, m)
@@ -138,14 +139,14 @@ class MeshWarp:
         row = y[span]
         a = aff[f[span]].astype(np.float32)
         # Pixel position of the grid point, then the triangle's target -> source affine map.
-        px = (col * step + ox).astype(np.float32)
-        py = (row * step + oy).astype(np.float32)
+        gx = (col * step + ox).astype(np.float32)
+        gy = (row * step + oy).astype(np.float32)
         value = np.empty((total, 2), dtype=np.float32)
-        value[:, 0] = a[:, 0] * px + a[:, 1] * py + a[:, 2] + origin[0]
-        value[:, 1] = a[:, 3] * px + a[:, 4] * py + a[:, 5] + origin[1]
+        value[:, 0] = a[:, 0] * gx + a[:, 1] * gy + a[:, 2] + origin[0]
+        value[:, 1] = a[:, 3] * gx + a[:, 4] * gy + a[:, 5] + origin[1]
         # Pairs come in priority order; where triangles overlap the last one written stays.
         out.reshape(-1, 2)[row.astype(np.int64) * gw + col.astype(np.int64)] = value
-        return out, gw, gh
+        return out, px, py
 
     def _level(self, table: np.ndarray, tris: tuple, rect: Rect, step: int, origin: tuple[int, int],
                calm: Calm | None = None, keep: np.ndarray | None = None) -> None:
@@ -154,13 +155,13 @@ class MeshWarp:
         x0, y0, x1, y1 = rect
         if x1 <= x0 or y1 <= y0:
             return
-        grid, gw, gh = self._raster(tris, rect, step, origin)
+        grid, px, py = self._raster(tris, rect, step, origin)
+        gw, gh = len(px), len(py)
         if calm is not None:
-            grid = _calmed(grid, calm, rect, step, origin)
+            grid = _calmed(grid, calm, px, py, step, origin)
         if keep is not None:
             # Outside ``keep`` this level takes what the table already holds there (the coarser
             # level, smoothed), sampled at its own grid points, fading in over about a cell.
-            px, py = _grid_axes(rect, step, gw, gh)
             mx, my = np.meshgrid(px, py)
             below = cv2.remap(table, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             inside = cv2.GaussianBlur(_fill(keep, px, py, step), (0, 0), 1.0)[..., None]
@@ -224,11 +225,12 @@ def _fill(poly: np.ndarray, px: np.ndarray, py: np.ndarray, step: int) -> np.nda
     return m
 
 
-def _calmed(grid: np.ndarray, calm: Calm, rect: Rect, step: int, origin: tuple[int, int]) -> np.ndarray:
-    """``grid`` (a level's raster, see :meth:`MeshWarp._raster`) with its displacement smoothed
-    inside ``calm``'s region and outside its keep polygon, blending in over about a grid cell."""
+def _calmed(grid: np.ndarray, calm: Calm, px: np.ndarray, py: np.ndarray, step: int,
+            origin: tuple[int, int]) -> np.ndarray:
+    """``grid`` (a level's raster on axes ``px``, ``py``, see :meth:`MeshWarp._raster`) with its
+    displacement smoothed inside ``calm``'s region and outside its keep polygon, blending in over
+    about a grid cell."""
     keep, region, sigma = calm
-    px, py = _grid_axes(rect, step, grid.shape[1], grid.shape[0])
     disp = grid - _identity(px, py, origin)
     inside = _fill(region, px, py, step)
     s = max(sigma / step, 0.5)
