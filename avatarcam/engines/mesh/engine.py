@@ -23,7 +23,7 @@ from avatarcam.engines.mesh.retarget import (
 )
 from avatarcam.engines.mesh.warp import MeshWarp, TorchRemap, remap_cpu
 from avatarcam.errors import AvatarError, EngineError
-from avatarcam.geometry import Box, crop_square
+from avatarcam.geometry import Box, crop_square, smoothstep
 from avatarcam.landmarks.smoothing import OneEuro
 
 OUTPUTS = ("photo", "crop")
@@ -90,7 +90,7 @@ def band_falloff(head_moves: np.ndarray, radial: np.ndarray, rho: np.ndarray) ->
     band carries, ``K x n``: the rings sit at ``rho`` (``K``, 0 = head ring, 1 = fixed ring) along
     ``radial`` (``n x 2``, head ring vertex -> fixed ring vertex)."""
     straight = 1.0 - rho
-    smooth = 1.0 - rho * rho * (3.0 - 2.0 * rho)
+    smooth = 1.0 - smoothstep(rho)
     # How far each head ring vertex moves toward the fixed ring, as a fraction of the band's width.
     squeeze = np.maximum((head_moves * radial).sum(axis=1), 0.0) / np.maximum((radial * radial).sum(axis=1), 1e-9)
     lean = np.clip((BAND_SQUEEZE / np.maximum(squeeze, 1e-9) - 1.0) / 0.5, 0.0, 1.0)
@@ -270,8 +270,7 @@ class MeshEngine(Engine):
         rest_gap = float(pair_gaps(win_pts, tp.LIP_PAIRS, face.axes[:, 1]).mean())
         gpu = TorchRemap(source, self.device) if self.device != "cpu" else None
         return MeshAvatar(avatar=avatar, source=source, origin=origin, window=window, face=face, rings=rings,
-                          n_ring=n_ring, warp=warp, mouth=mouth,
-                          lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
+                          n_ring=n_ring, warp=warp, mouth=mouth, lids=lids, rest_gap=rest_gap, remap_gpu=gpu,
                           face_idx=np.array(tp.FACE_OVAL), detail_idx=tp.detail_groups())
 
     # -- per frame -------------------------------------------------------------------------------

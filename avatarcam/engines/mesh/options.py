@@ -42,7 +42,6 @@ class Limits:
             raise ValueError(f"knee must be in (0, 1], got {self.knee}")
 
 
-
 @dataclass(frozen=True)
 class MeshConfig:
     """The mesh engine's options. ``mouth_fill``: what an open mouth shows, ``synthetic`` (a drawn
