@@ -237,6 +237,62 @@ def test_a_shut_lid_has_the_skins_grain(avatar):
     assert grain(painted) > 0.5 * before, (before, grain(painted))
 
 
+def test_a_shut_lid_takes_the_skins_tone_not_the_brows_or_the_lashes(avatar):
+    """The lid is filled in from the skin around it; the ring it starts from runs along the brow's
+    lower edge and the lashes line its bottom, and neither may pull the whole lid darker. On a
+    photo of plain skin with a dark brow and dark lashes drawn in, the filled-in lid stays within
+    15 % of the skin's tone (the lid edge itself is lit to LID_LIGHT, 0.85, of the skin under the
+    eye, so it is never quite as bright)."""
+    from avatarcam.engines.mesh.eyes import ABOVE_RIGHT, EyelidPainter
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    width = float(np.linalg.norm(pts[33] - pts[133]))
+    skin = (200, 170, 150)
+    image = np.empty_like(avatar.image)
+    image[:] = skin
+    for idx, thick, colour in ((ABOVE_RIGHT, 0.12, (60, 45, 35)),  # a brow whose lower edge the ring follows
+                               (tp.EYE_RIGHT_UPPER, 0.06, (20, 15, 15)),  # upper lashes
+                               (tp.EYE_RIGHT_LOWER, 0.04, (40, 30, 30))):  # lower lashes
+        cv2.polylines(image, [np.round(pts[list(idx)] * 16).astype(np.int32)], False, colour,
+                      max(1, round(thick * width)), cv2.LINE_AA, shift=4)
+    source = EyelidPainter(image=image, landmarks=avatar.face.landmarks).sources[0]
+    x0, y0 = source.offset
+    h, w = source.patch.shape[:2]
+    lid = np.zeros((h, w), np.uint8)
+    region = np.concatenate([pts[list(tp.EYE_RIGHT_UPPER)], pts[list(ABOVE_RIGHT[::-1])]]) - (x0, y0)
+    cv2.fillPoly(lid, [np.round(region).astype(np.int32)], 1)
+    lid = cv2.erode(lid, np.ones((3, 3), np.uint8), iterations=max(1, round(0.08 * width))).astype(bool)
+    assert lid.sum() > 100
+    tone = float(source.patch[lid].astype(np.float64).mean()) / float(np.mean(skin))
+    assert tone > 0.85, f"the filled-in lid is {tone:.2f} of the skin's tone"
+
+
+def test_a_shut_lids_edge_fades_into_the_photo(avatar):
+    """Where the painted lid meets the photo under the brow it fades in over a band (LID_FEATHER,
+    0.06 eye widths of blur), so it has no drawn outline, and still covers the lid fully below."""
+    import dataclasses
+
+    from avatarcam.engines.mesh.eyes import ABOVE_RIGHT, EyelidPainter
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    width = float(np.linalg.norm(pts[33] - pts[133]))
+    image = np.full_like(avatar.image, 100)
+    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
+    src = painter.sources[0]
+    painter.sources[0] = dataclasses.replace(src, patch=np.full_like(src.patch, 200), grain=None)  # a bright lid
+    painted = image.copy()
+    painter.paint(painted, avatar.face.landmarks, (1.0, 0.0))
+    # Down a line through the eye's middle, from above the ring under the brow toward the lid edge.
+    top, edge = pts[ABOVE_RIGHT[3]], pts[tp.EYE_RIGHT_UPPER[len(tp.EYE_RIGHT_UPPER) // 2]]
+    ts = np.linspace(-0.6, 0.6, 241, dtype=np.float32)
+    xy = (top[None] + ts[:, None] * (edge - top)[None]).astype(np.float32)
+    line = cv2.remap(painted[..., 0].astype(np.float32), xy[None, :, 0], xy[None, :, 1], cv2.INTER_LINEAR)[0]
+    share = (line - 100.0) / 100.0
+    assert share[0] < 0.02 and share[-1] > 0.95, (share[0], share[-1])
+    rise = (int(np.argmax(share >= 0.9)) - int(np.argmax(share >= 0.1))) * float(np.linalg.norm(edge - top)) * 0.005
+    assert rise > 0.12 * width, f"the lid's edge rises over {rise:.1f} px, eye width {width:.0f} px"
+
+
 def test_the_lid_skin_is_the_photo_away_from_the_eye(avatar):
     """The lid source fills in the eye and its lashes from the skin around them and leaves every
     other pixel as it is, so the painted lid has no outline of its own; inside the eye the iris

@@ -9,12 +9,14 @@ its edge.
 So, once per avatar, each eye's opening, its upper lashes and the skin up to the brow are filled
 in with the smoothest surface that meets the skin around them (Laplace's equation): a *lid
 source* that equals the photo everywhere else, so it has no outline of its own and takes its
-tone and shading from the avatar's own skin. Toward the lid edge the shadow above the eye (a deep
-socket, glasses) is lifted toward the skin under the eye, as a shut lid bulges into the light.
+tone and shading from the avatar's own skin (thin dark things on its border, the brow's lower
+edge and the lashes, are ranked out first, or a brow would darken the whole lid). Toward the
+lid edge the shadow above the eye (a deep socket, glasses) is lifted toward the skin under the
+eye, as a shut lid bulges into the light.
 Per frame, as an eye closes, that lid source is resampled through the same warp table as the
 photo and blended over the lid (from 15 % closure on, fully from 70 %), and over what is left of
-the opening once the eye is nearly shut; a lash line, tapered toward the corners, marks the lid
-edge.
+the opening once the eye is nearly shut, its outline feathered into the photo; a lash line,
+tapered toward the corners, marks the lid edge.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 
@@ -42,6 +45,12 @@ LASH_DARKNESS = 0.35  # the lash line's colour as a share of the lid skin's
 LID_LIGHT = 0.85  # a shut lid's lit edge, as a share of the skin under the eye
 SHADOW_REACH = 0.5  # how far from under the brow toward the lid edge a shut lid stays in shadow
 FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
+# The skin the fill starts from: each pixel's SKIN_RANK-th percentile over a disc SKIN_DISC eye
+# widths across, so the brow's lower edge, lashes or a wrinkle on the fill's border do not pull
+# the whole lid darker.
+SKIN_RANK = 75.0
+SKIN_DISC = 0.15
+LID_FEATHER = 0.06  # the painted lid's edge: Gaussian blur of its outline, in eye widths
 # The filled lid's grain: the detail finer than GRAIN_SIZE eye widths of the skin under the eye,
 # mirrored across a line GRAIN_MIRROR_GAP eye widths under the lower lid (past the lower lashes),
 # its strong lines squashed to GRAIN_CLIP x the detail's typical size.
@@ -196,11 +205,13 @@ def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], l
     # deep socket, a brow, a glasses rim) is lifted toward the skin under the eye. A shut lid
     # bulges out of that shadow into the light: dark under the crease, lit toward its edge.
     values = patch.astype(np.float32)
-    luma = values.mean(axis=2, keepdims=True)
+    scale = min(1.0, FILL_WIDTH / width)
+    bare = _skin_only(values, scale * SKIN_DISC * width, scale)
+    luma = bare.mean(axis=2, keepdims=True)
     floor = LID_LIGHT * float(skin.mean())
     lift = np.clip(1.0 - luma / max(floor, 1.0), 0.0, 1.0)
-    lifted = values + lift * (LID_LIGHT * skin - values)
-    surface = _membrane(np.concatenate([values, lifted], axis=2), mask, min(1.0, FILL_WIDTH / width))
+    lifted = bare + lift * (LID_LIGHT * skin - bare)
+    surface = _membrane(np.concatenate([bare, lifted], axis=2), mask, scale)
     ramp = _between(points[list(above), :2] - offset, up - offset, mask.shape, SHADOW_REACH)[..., None]
     surface = surface[..., :3] + ramp * (surface[..., 3:] - surface[..., :3])
     # Up-sampled, the surface is a little off next to the hole's edge: blend it in over a band.
@@ -210,6 +221,19 @@ def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], l
     grain = _grain(image, up, low, width, (int(x0), int(y0)), mask.shape) * weight[..., 0]
     return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0),
                       grain=grain.astype(np.float32), corners=np.array([up[0], up[-1]]))
+
+
+def _skin_only(values: np.ndarray, disc: float, scale: float) -> np.ndarray:
+    """``values`` (``h x w x 3`` float32) with thin dark things (hairs, lashes, a brow's edge,
+    wrinkles) taken out: per channel, the SKIN_RANK-th percentile over a disc ``disc`` pixels
+    across, worked out at ``scale`` of the resolution (the fill is solved there too)."""
+    h, w = values.shape[:2]
+    small = cv2.resize(values, (max(3, round(w * scale)), max(3, round(h * scale))), interpolation=cv2.INTER_AREA)
+    size = max(3, 2 * round(disc / 2) + 1)
+    disc_mask = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) > 0
+    small = np.dstack([scipy.ndimage.percentile_filter(small[..., c], SKIN_RANK, footprint=disc_mask, mode="nearest")
+                       for c in range(small.shape[2])])
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _grain(image: np.ndarray, up: np.ndarray, low: np.ndarray, width: float, offset: tuple[int, int],
@@ -269,7 +293,7 @@ class EyelidPainter:
             width = float(np.linalg.norm(up[-1] - up[0]))
             lid = np.concatenate([up[:1], points[list(above), :2], up[-1:], up[-2:0:-1]])
             opening = np.concatenate([up, low[-2:0:-1]])
-            pad = int(np.ceil(0.1 * width)) + 2
+            pad = int(np.ceil(3.0 * LID_FEATHER * width)) + 2  # room for the feathered edge
             both = np.concatenate([lid, low])
             x0, y0 = np.maximum(np.floor(both.min(axis=0)).astype(int) - pad, 0)
             x1, y1 = np.ceil(both.max(axis=0)).astype(int) + pad
@@ -295,7 +319,7 @@ class EyelidPainter:
                 cv2.fillPoly(hole, [np.round((opening - corner) * 16).astype(np.int32)], shut, cv2.LINE_AA,
                              shift=4)
                 mask = np.maximum(mask, hole)
-            mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.02 * width))
+            mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, LID_FEATHER * width))
             blended = roi.astype(np.float32)
             blended += mask[..., None] * (lidded.astype(np.float32) - blended)
             if src.grain is not None:
