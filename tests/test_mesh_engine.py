@@ -293,6 +293,39 @@ def test_a_shut_lids_edge_fades_into_the_photo(avatar):
     assert rise > 0.12 * width, f"the lid's edge rises over {rise:.1f} px, eye width {width:.0f} px"
 
 
+def test_lids_are_painted_alike_unless_one_eye_winks(avatar):
+    """The tracker reads each eye's lid with its own noise; two lids painted unequally from it read
+    as a head tilt. Eyes a little apart in closure get the same amount of painted lid, a wink gets
+    one lid only, and the lid starts to be painted early in a blink (by a third closed it is mostly
+    on), before the warp smears the lashes down over the iris."""
+    import dataclasses
+
+    from avatarcam.engines.mesh.eyes import ABOVE_LEFT, ABOVE_RIGHT, EyelidPainter
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    image = np.full_like(avatar.image, 100)
+    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
+    painter.sources = [dataclasses.replace(src, patch=np.full_like(src.patch, 200), grain=None)
+                       for src in painter.sources]  # bright lids over a grey photo
+
+    def painted(closure: tuple[float, float]) -> list[float]:
+        """The share of each lid (right, left) painted, halfway from under the brow to the lid edge."""
+        out = image.copy()
+        painter.paint(out, avatar.face.landmarks, closure)
+        shares = []
+        for above, upper in ((ABOVE_RIGHT, tp.EYE_RIGHT_UPPER), (ABOVE_LEFT, tp.EYE_LEFT_UPPER)):
+            x, y = np.round(0.5 * (pts[above[3]] + pts[upper[len(upper) // 2]])).astype(int)
+            shares.append((float(out[y - 1:y + 2, x - 1:x + 2, 0].mean()) - 100.0) / 100.0)
+        return shares
+
+    apart = painted((0.45, 0.2))
+    assert apart[0] == pytest.approx(apart[1], abs=0.01), apart
+    assert apart[0] > 0.5, apart  # a third closed on average: mostly painted
+    wink = painted((1.0, 0.0))
+    assert wink[0] > 0.95 and wink[1] < 0.01, wink
+    assert painted((0.0, 0.0)) == pytest.approx([0.0, 0.0], abs=0.01)
+
+
 def test_the_lid_skin_is_the_photo_away_from_the_eye(avatar):
     """The lid source fills in the eye and its lashes from the skin around them and leaves every
     other pixel as it is, so the painted lid has no outline of its own; inside the eye the iris

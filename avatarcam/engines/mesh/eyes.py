@@ -14,9 +14,11 @@ edge and the lashes, are ranked out first, or a brow would darken the whole lid)
 lid edge the shadow above the eye (a deep socket, glasses) is lifted toward the skin under the
 eye, as a shut lid bulges into the light.
 Per frame, as an eye closes, that lid source is resampled through the same warp table as the
-photo and blended over the lid (from 15 % closure on, fully from 70 %), and over what is left of
-the opening once the eye is nearly shut, its outline feathered into the photo; a lash line,
-tapered toward the corners, marks the lid edge.
+photo and blended over the lid (from 8 % closure on, fully from 48 %: before that the warp smears
+long lashes down over the iris), and over what is left of the opening once the eye is nearly
+shut, its outline feathered into the photo; a lash line, tapered toward the corners, marks the
+lid edge. Both lids are painted as far as the eyes' mean closure unless the eyes differ a lot (a
+wink): two lids painted unequally, from each eye's own tracker noise, read as a head tilt.
 """
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
 SKIN_RANK = 75.0
 SKIN_DISC = 0.15
 LID_FEATHER = 0.06  # the painted lid's edge: Gaussian blur of its outline, in eye widths
+LID_FROM, LID_FULL = 0.08, 0.48  # eye closure at which the painted lid starts and is fully on
+SHUT_FROM, SHUT_FULL = 0.5, 0.8  # the same for the lid over what is left of the opening
+# Two eyes whose closures differ by less than WINK_FROM are painted as far as their mean closure,
+# by more than WINK_FULL each as far as its own.
+WINK_FROM, WINK_FULL = 0.3, 0.6
 # The filled lid's grain: the detail finer than GRAIN_SIZE eye widths of the skin under the eye,
 # mirrored across a line GRAIN_MIRROR_GAP eye widths under the lower lid (past the lower lashes),
 # its strong lines squashed to GRAIN_CLIP x the detail's typical size.
@@ -269,6 +276,15 @@ def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hstack([rot, (b[0] - rot @ a[0])[:, None]])
 
 
+def paint_closures(closure: tuple[float, float]) -> tuple[float, float]:
+    """How far to paint each lid (right, left) for the eyes' ``closure``: their mean, unless they
+    differ by more than WINK_FROM, fading to each eye's own closure at WINK_FULL."""
+    right, left = float(closure[0]), float(closure[1])
+    mean = 0.5 * (right + left)
+    own = float(smoothstep((abs(right - left) - WINK_FROM) / (WINK_FULL - WINK_FROM)))
+    return mean + own * (right - mean), mean + own * (left - mean)
+
+
 class EyelidPainter:
     """Lid sources of one avatar (``image`` RGB uint8, ``landmarks`` ``N x 2+`` in its pixels)."""
 
@@ -284,9 +300,9 @@ class EyelidPainter:
         ``out`` pixel; None: ``out`` is the photo itself, unwarped, its (0, 0) at ``origin`` in
         the photo)."""
         h, w = out.shape[:2]
-        for (upper, lower, above, _), src, c in zip(_EYES, self.sources, closure):
-            band = float(smoothstep((c - 0.15) / 0.55))  # the lid skin over the lashes
-            shut = float(smoothstep((c - 0.5) / 0.3))  # and over what is left of the opening
+        for (upper, lower, above, _), src, c in zip(_EYES, self.sources, paint_closures(closure)):
+            band = float(smoothstep((c - LID_FROM) / (LID_FULL - LID_FROM)))  # the lid skin over the lashes
+            shut = float(smoothstep((c - SHUT_FROM) / (SHUT_FULL - SHUT_FROM)))  # and over the opening
             if band <= 0.0:
                 continue
             up, low = points[list(upper), :2], points[list(lower), :2]
