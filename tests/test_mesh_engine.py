@@ -326,6 +326,42 @@ def test_lids_are_painted_alike_unless_one_eye_winks(avatar):
     assert painted((0.0, 0.0)) == pytest.approx([0.0, 0.0], abs=0.01)
 
 
+def test_a_shut_eyes_lash_line_is_the_photos_own(avatar):
+    """The lash line drawn along a shut lid takes the photo's lash colour and is about as soft as
+    the photo: on plain skin with blue lashes drawn in, the line is blue, and on the same photo
+    blurred the line is blurred too."""
+    from avatarcam.engines.mesh.eyes import EyelidPainter, _eye_frame, _lid_curve
+
+    pts = avatar.face.landmarks[:, :2].astype(np.float64)
+    up = pts[list(tp.EYE_RIGHT_UPPER)]
+    width = float(np.linalg.norm(up[-1] - up[0]))
+    middle = _lid_curve(up)[12]
+    _, normal = _eye_frame(up)
+    sharp = np.empty_like(avatar.image)
+    sharp[:] = (200, 170, 150)
+    lashes = np.concatenate([up - 0.1 * width * normal, (up + 0.02 * width * normal)[::-1]])
+    cv2.fillPoly(sharp, [np.round(lashes * 16).astype(np.int32)], (30, 30, 140), cv2.LINE_AA, shift=4)
+    soft = cv2.GaussianBlur(sharp, (0, 0), 0.06 * width)
+
+    def shut(image: np.ndarray) -> np.ndarray:
+        painted = image.copy()
+        EyelidPainter(image=image, landmarks=avatar.face.landmarks).paint(painted, avatar.face.landmarks, (1.0, 0.0))
+        return painted
+
+    def spread(image: np.ndarray) -> int:
+        """How many of 61 samples across the lid edge (0.15 eye widths each way) are darker than
+        halfway from the line's darkest to the lid around it."""
+        xy = (middle[None] + np.linspace(-0.15, 0.15, 61)[:, None] * width * normal[None]).astype(np.float32)
+        grey = cv2.remap(image.astype(np.float32).mean(axis=2), xy[None, :, 0], xy[None, :, 1], cv2.INTER_LINEAR)[0]
+        return int((grey < 0.5 * (grey.min() + grey.max())).sum())
+
+    painted = shut(sharp)
+    x, y = np.round(middle).astype(int)
+    r, _, b = painted[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).astype(float).mean(axis=0)
+    assert b > r + 30, (r, b)
+    assert spread(shut(soft)) > 1.5 * spread(painted), (spread(shut(soft)), spread(painted))
+
+
 def test_the_lid_skin_is_the_photo_away_from_the_eye(avatar):
     """The lid source fills in the eye and its lashes from the skin around them and leaves every
     other pixel as it is, so the painted lid has no outline of its own; inside the eye the iris

@@ -16,8 +16,8 @@ eye, as a shut lid bulges into the light.
 Per frame, as an eye closes, that lid source is resampled through the same warp table as the
 photo and blended over the lid (from 8 % closure on, fully from 48 %: before that the warp smears
 long lashes down over the iris), and over what is left of the opening once the eye is nearly
-shut, its outline feathered into the photo; a lash line, tapered toward the corners, marks the
-lid edge. Both lids are painted as far as the eyes' mean closure unless the eyes differ a lot (a
+shut, its outline feathered into the photo; a lash line, tapered toward the corners, in the
+photo's own lash colour and about as soft as the photo at the eye, marks the lid edge. Both lids are painted as far as the eyes' mean closure unless the eyes differ a lot (a
 wink): two lids painted unequally, from each eye's own tracker noise, read as a head tilt.
 """
 from __future__ import annotations
@@ -43,7 +43,9 @@ ABOVE_LEFT = (342, 445, 444, 443, 442, 441, 413)
 
 LASH_HEIGHT = 0.12  # how far the upper lashes reach above the lid edge, in eye widths (filled in)
 LASH_WIDTH = 0.03  # the drawn lash line's thickness at its middle, in eye widths
-LASH_DARKNESS = 0.35  # the lash line's colour as a share of the lid skin's
+LASH_DARKNESS = 0.35  # the lash line's colour as a share of the lid skin's, where the photo's is unknown
+LASH_RANK = 10.0  # the photo's lash colour: its darkest LASH_RANK % in the band of the upper lashes
+LASH_SOFTNESS = 0.6  # the lash line's blur, as a share of the photo's own softness at the eye
 LID_LIGHT = 0.85  # a shut lid's lit edge, as a share of the skin under the eye
 SHADOW_REACH = 0.5  # how far from under the brow toward the lid edge a shut lid stays in shadow
 FILL_WIDTH = 40.0  # eye width in pixels at which the lid skin is filled in
@@ -115,6 +117,8 @@ class _LidSource:
     skin: np.ndarray
     grain: np.ndarray | None = None  # float32 luma detail over ``patch``'s pixels, 0 outside the fill
     corners: np.ndarray | None = None  # the eye's corners (2 x 2) in source pixels
+    lash: np.ndarray | None = None  # the photo's own lash colour (RGB float32)
+    blur: float = 0.0  # the lash line's blur, in eye widths
 
 
 def _eye_coords(shape: tuple[int, int], axis: np.ndarray, normal: np.ndarray, offset: tuple[int, int] = (0, 0)
@@ -226,8 +230,38 @@ def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], l
     weight = np.maximum(weight, mask)[..., None]
     filled = np.clip(values + weight * (surface - values) + 0.5, 0, 255).astype(np.uint8)
     grain = _grain(image, up, low, width, (int(x0), int(y0)), mask.shape) * weight[..., 0]
+    lashes_at = np.concatenate([up - LASH_HEIGHT * width * normal, (up + 0.03 * width * normal)[::-1]]) - offset
     return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0),
+                      lash=_lash_colour(values, lashes_at), blur=LASH_SOFTNESS * _softness(patch) / width,
                       grain=grain.astype(np.float32), corners=np.array([up[0], up[-1]]))
+
+
+def _lash_colour(values: np.ndarray, band: np.ndarray) -> np.ndarray | None:
+    """The photo's own lash colour (RGB float32): the mean of the darkest LASH_RANK % of the pixels of
+    ``values`` (``h x w x 3``) inside the polygon ``band``; None with too few pixels."""
+    inside = np.zeros(values.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(band * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    pixels = values[inside > 0]
+    if len(pixels) < 10:
+        return None
+    luma = pixels.mean(axis=1)
+    return pixels[luma <= np.percentile(luma, LASH_RANK)].mean(axis=0).astype(np.float32)
+
+
+def _softness(patch: np.ndarray) -> float:
+    """How soft ``patch`` (RGB uint8) is, in its pixels: the Gaussian blur (in quarter pixels, up to
+    8) that halves its gradient energy. A sharp photo halves at about a pixel; a blurred print or a
+    painting at two or three."""
+    grey = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+    def energy(img: np.ndarray) -> float:
+        return float((cv2.Sobel(img, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(img, cv2.CV_32F, 0, 1) ** 2).mean())
+
+    half = 0.5 * energy(grey)
+    sigma = 0.25
+    while sigma < 8.0 and energy(cv2.GaussianBlur(grey, (0, 0), sigma)) > half:
+        sigma += 0.25
+    return sigma
 
 
 def _skin_only(values: np.ndarray, disc: float, scale: float) -> np.ndarray:
@@ -353,6 +387,7 @@ class EyelidPainter:
             outline = np.concatenate([curve - half * normal, (curve + half * normal)[::-1]])
             lash = np.zeros_like(mask)
             cv2.fillPoly(lash, [np.round(outline * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-            lash = cv2.GaussianBlur(lash, (0, 0), 0.5) * (0.85 * band)
-            blended += lash[..., None] * (src.skin * LASH_DARKNESS - blended)
+            lash = cv2.GaussianBlur(lash, (0, 0), max(0.5, src.blur * width)) * (0.85 * band)
+            colour = src.skin * LASH_DARKNESS if src.lash is None else src.lash
+            blended += lash[..., None] * (colour - blended)
             out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
