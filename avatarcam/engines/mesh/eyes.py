@@ -17,8 +17,9 @@ Per frame, as an eye closes, that lid source is resampled through the same warp 
 photo and blended over the lid (from 8 % closure on, fully from 48 %: before that the warp smears
 long lashes down over the iris), and over what is left of the opening once the eye is nearly
 shut, its outline feathered into the photo; a lash line, tapered toward the corners, in the
-photo's own lash colour and about as soft as the photo at the eye, marks the lid edge. Both lids are painted as far as the eyes' mean closure unless the eyes differ a lot (a
-wink): two lids painted unequally, from each eye's own tracker noise, read as a head tilt.
+photo's own lash colour and about as soft as the photo at the eye, marks the lid edge. Both lids
+are painted as far as the eyes' mean closure unless the eyes differ a lot (a wink): two lids
+painted unequally, from each eye's own tracker noise, read as a head tilt.
 """
 from __future__ import annotations
 
@@ -249,9 +250,9 @@ def _lash_colour(values: np.ndarray, band: np.ndarray) -> np.ndarray | None:
 
 
 def _softness(patch: np.ndarray) -> float:
-    """How soft ``patch`` (RGB uint8) is, in its pixels: the Gaussian blur (in quarter pixels, up to
-    8) that halves its gradient energy. A sharp photo halves at about a pixel; a blurred print or a
-    painting at two or three."""
+    """How soft ``patch`` (RGB uint8) is, in its pixels: the Gaussian blur that halves its gradient
+    energy, found in steps of a quarter pixel up to 8. A sharp photo halves at about a pixel, a
+    blurred print at two or more."""
     grey = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
     def energy(img: np.ndarray) -> float:
@@ -310,7 +311,7 @@ def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hstack([rot, (b[0] - rot @ a[0])[:, None]])
 
 
-def paint_closures(closure: tuple[float, float]) -> tuple[float, float]:
+def _paint_closures(closure: tuple[float, float]) -> tuple[float, float]:
     """How far to paint each lid (right, left) for the eyes' ``closure``: their mean, unless they
     differ by more than WINK_FROM, fading to each eye's own closure at WINK_FULL."""
     right, left = float(closure[0]), float(closure[1])
@@ -334,7 +335,7 @@ class EyelidPainter:
         ``out`` pixel; None: ``out`` is the photo itself, unwarped, its (0, 0) at ``origin`` in
         the photo)."""
         h, w = out.shape[:2]
-        for (upper, lower, above, _), src, c in zip(_EYES, self.sources, paint_closures(closure)):
+        for (upper, lower, above, _), src, c in zip(_EYES, self.sources, _paint_closures(closure)):
             band = float(smoothstep((c - LID_FROM) / (LID_FULL - LID_FROM)))  # the lid skin over the lashes
             shut = float(smoothstep((c - SHUT_FROM) / (SHUT_FULL - SHUT_FROM)))  # and over the opening
             if band <= 0.0:
