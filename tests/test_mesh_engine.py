@@ -267,19 +267,28 @@ def test_a_shut_lid_takes_the_skins_tone_not_the_brows_or_the_lashes(avatar):
     assert tone > 0.85, f"the filled-in lid is {tone:.2f} of the skin's tone"
 
 
+def _bright_lids(avatar):
+    """A grey photo (100) the avatar's size and a lid painter for it whose lids are plain 200, so
+    a pixel's grey level tells how much lid was painted there."""
+    import dataclasses
+
+    from avatarcam.engines.mesh.eyes import EyelidPainter
+
+    image = np.full_like(avatar.image, 100)
+    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
+    painter.sources = [dataclasses.replace(src, patch=np.full_like(src.patch, 200), grain=None)
+                       for src in painter.sources]
+    return image, painter
+
+
 def test_a_shut_lids_edge_fades_into_the_photo(avatar):
     """Where the painted lid meets the photo under the brow it fades in over a band (LID_FEATHER,
     0.06 eye widths of blur), so it has no drawn outline, and still covers the lid fully below."""
-    import dataclasses
-
-    from avatarcam.engines.mesh.eyes import ABOVE_RIGHT, EyelidPainter
+    from avatarcam.engines.mesh.eyes import ABOVE_RIGHT
 
     pts = avatar.face.landmarks[:, :2].astype(np.float64)
     width = float(np.linalg.norm(pts[33] - pts[133]))
-    image = np.full_like(avatar.image, 100)
-    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
-    src = painter.sources[0]
-    painter.sources[0] = dataclasses.replace(src, patch=np.full_like(src.patch, 200), grain=None)  # a bright lid
+    image, painter = _bright_lids(avatar)
     painted = image.copy()
     painter.paint(painted, avatar.face.landmarks, (1.0, 0.0))
     # Down a line through the eye's middle, from above the ring under the brow toward the lid edge.
@@ -298,15 +307,10 @@ def test_lids_are_painted_alike_unless_one_eye_winks(avatar):
     as a head tilt. Eyes a little apart in closure get the same amount of painted lid, a wink gets
     one lid only, and the lid starts to be painted early in a blink (by a third closed it is mostly
     on), before the warp smears the lashes down over the iris."""
-    import dataclasses
-
-    from avatarcam.engines.mesh.eyes import ABOVE_LEFT, ABOVE_RIGHT, EyelidPainter
+    from avatarcam.engines.mesh.eyes import ABOVE_LEFT, ABOVE_RIGHT
 
     pts = avatar.face.landmarks[:, :2].astype(np.float64)
-    image = np.full_like(avatar.image, 100)
-    painter = EyelidPainter(image=image, landmarks=avatar.face.landmarks)
-    painter.sources = [dataclasses.replace(src, patch=np.full_like(src.patch, 200), grain=None)
-                       for src in painter.sources]  # bright lids over a grey photo
+    image, painter = _bright_lids(avatar)
 
     def painted(closure: tuple[float, float]) -> list[float]:
         """The share of each lid (right, left) painted, halfway from under the brow to the lid edge."""
