@@ -74,7 +74,7 @@ class MeshWarp:
         return t, aff, ok, box
 
     def _raster(self, tris: tuple[np.ndarray, np.ndarray, np.ndarray], rect: Rect, step: int,
-                origin: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+                origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Absolute source positions (``gh x gw x 2`` float32, plus ``origin``) on the grid of
         ``rect`` padded by one cell on every side; grid point (i, j) sits at
         ``x0 + (j - 1) * step + (step - 1) / 2``. Returns the grid and its column and row positions
