@@ -614,6 +614,31 @@ def test_torch_resampling_matches_opencv():
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
+def test_the_drawn_mouth_is_as_soft_as_the_photo(avatar):
+    """The drawn teeth and cavity get the softness of the photo's own edges around the mouth: on the
+    sharp photo they stay as drawn, on the same photo blurred (a soft print, an up-scaled small
+    picture) they are blurred to match instead of standing out crisp."""
+    from avatarcam.engines.mesh.measure import edge_softness
+    from avatarcam.engines.mesh.mouth import MouthPainter
+
+    points = avatar.face.landmarks.astype(np.float64)
+    target = opened(points, 0.15)
+    poly = target[list(tp.MOUTH_POLYGON), :2]
+    width = float(np.ptp(poly[:, 0]))
+    x0, y0 = np.floor(poly.min(axis=0) - 0.4 * width).astype(int)
+    x1, y1 = np.ceil(poly.max(axis=0) + 0.4 * width).astype(int)
+    read = []
+    for image in (avatar.image, cv2.GaussianBlur(avatar.image, (0, 0), 2.5)):
+        painted = np.full_like(image, 128)
+        MouthPainter(image=image, landmarks=points).paint(painted, target, 1.0)
+        read.append((edge_softness(np.ascontiguousarray(image[y0:y1, x0:x1])),
+                     edge_softness(np.ascontiguousarray(painted[y0:y1, x0:x1]))))
+    (sharp_photo, sharp_drawn), (soft_photo, soft_drawn) = read
+    assert soft_photo > sharp_photo + 1.0, read
+    assert abs(sharp_drawn - sharp_photo) <= 0.5, read
+    assert abs(soft_drawn - soft_photo) <= 0.5, read
+
+
 def test_driver_mouth_fill_and_options(avatar, driver):
     image, points = driver
     engine = MeshEngine(output="crop", size=256, mouth_fill="driver", neutral_frames=1)

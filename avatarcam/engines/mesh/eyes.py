@@ -32,7 +32,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from avatarcam.engines.mesh import topology as tp
-from avatarcam.engines.mesh.mouth import sample_colours
+from avatarcam.engines.mesh.measure import sample_colours, softness
 from avatarcam.geometry import smoothstep
 
 # Skin under each eye: the closest stand-in for lid skin that is never hidden by brows or lashes.
@@ -233,7 +233,7 @@ def _lid_source(image: np.ndarray, points: np.ndarray, upper: tuple[int, ...], l
     grain = _grain(image, up, low, width, (int(x0), int(y0)), mask.shape) * weight[..., 0]
     lashes_at = np.concatenate([up - LASH_HEIGHT * width * normal, (up + 0.03 * width * normal)[::-1]]) - offset
     return _LidSource(patch=filled, offset=(int(x0), int(y0)), skin=filled[mask].astype(np.float32).mean(axis=0),
-                      lash=_lash_colour(values, lashes_at), blur=LASH_SOFTNESS * _softness(patch) / width,
+                      lash=_lash_colour(values, lashes_at), blur=LASH_SOFTNESS * softness(patch) / width,
                       grain=grain.astype(np.float32), corners=np.array([up[0], up[-1]]))
 
 
@@ -247,22 +247,6 @@ def _lash_colour(values: np.ndarray, band: np.ndarray) -> np.ndarray | None:
         return None
     luma = pixels.mean(axis=1)
     return pixels[luma <= np.percentile(luma, LASH_RANK)].mean(axis=0).astype(np.float32)
-
-
-def _softness(patch: np.ndarray) -> float:
-    """How soft ``patch`` (RGB uint8) is, in its pixels: the Gaussian blur that halves its gradient
-    energy, found in steps of a quarter pixel up to 8. A sharp photo halves at about a pixel, a
-    blurred print at two or more."""
-    grey = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY).astype(np.float32)
-
-    def energy(img: np.ndarray) -> float:
-        return float((cv2.Sobel(img, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(img, cv2.CV_32F, 0, 1) ** 2).mean())
-
-    half = 0.5 * energy(grey)
-    sigma = 0.25
-    while sigma < 8.0 and energy(cv2.GaussianBlur(grey, (0, 0), sigma)) > half:
-        sigma += 0.25
-    return sigma
 
 
 def _skin_only(values: np.ndarray, disc: float, scale: float) -> np.ndarray:

@@ -5,7 +5,8 @@ Two fills, both blended into the inner-lip polygon with a feathered edge:
 - ``synthetic``: a dark cavity shaded toward the back, a row of upper teeth hanging from the upper
   lip (individual teeth around an arch, shadowed toward the corners), a dimmer row of lower teeth,
   and a tongue once the mouth is wide open; colours derive from the avatar's own lips and skin
-  (grey for black-and-white photos);
+  (grey for black-and-white photos), and it is drawn as soft as the photo's own edges around the
+  mouth, so crisp teeth do not stand out on a blurred print or an up-scaled small photo;
 - ``driver``: the driver's own mouth interior, mapped onto the avatar's lips by the affine fit
   between the two inner-lip outlines, and colour-matched to the avatar's skin.
 """
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 
 from avatarcam.engines.mesh import topology as tp
+from avatarcam.engines.mesh.measure import edge_softness, sample_colours
 
 # Landmarks on the cheeks and nose, sampled to match the driver's colours to the avatar's.
 SKIN_POINTS = np.array([50, 280, 101, 330, 4, 5, 195, 123, 352, 36, 266], dtype=np.int64)
@@ -22,17 +24,10 @@ SKIN_POINTS = np.array([50, 280, 101, 330, 4, 5, 195, 123, 352, 36, 266], dtype=
 LIP_POINTS = np.array([0, 37, 39, 40, 185, 267, 269, 270, 409, 17, 84, 181, 91, 146, 314, 405, 321, 375,
                        11, 12, 72, 73, 74, 302, 303, 304, 16, 15, 85, 86, 180, 179, 315, 316, 404, 403],
                       dtype=np.int64)
-
-
-def sample_colours(image: np.ndarray, points: np.ndarray, radius: int = 2) -> np.ndarray:
-    """Mean RGB (float32, 3) of small squares around ``points`` (``K x 2+`` pixels) in ``image``."""
-    h, w = image.shape[:2]
-    xs = np.clip(np.round(points[:, 0]).astype(np.int64), radius, w - 1 - radius)
-    ys = np.clip(np.round(points[:, 1]).astype(np.int64), radius, h - 1 - radius)
-    offs = np.arange(-radius, radius + 1)
-    yy = ys[:, None, None] + offs[None, :, None]
-    xx = xs[:, None, None] + offs[None, None, :]
-    return image[yy, xx].reshape(-1, 3).astype(np.float32).mean(axis=0)
+# The drawn interior's own edge softness (measure.edge_softness of it drawn unblurred: as sharp as
+# a sharp photo); a softer photo gets the blur that brings it to the photo's.
+DRAWN_SOFTNESS = 1.0
+MOUTH_MARGIN = 0.4  # the photo around the mouth whose softness is read, in mouth widths each way
 
 
 class MouthPainter:
@@ -60,6 +55,7 @@ class MouthPainter:
             cavity, deep, teeth, tongue = (np.full(3, c.mean()) for c in (cavity, deep, teeth, tongue))
         self.cavity, self.deep, self.teeth, self.tongue = (np.clip(c, 0, 255).astype(np.float32)
                                                            for c in (cavity, deep, teeth, tongue))
+        self.blur = _blur_to_match(image, landmarks)
 
     def paint(self, out: np.ndarray, points: np.ndarray, strength: float,
               driver: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -68,8 +64,9 @@ class MouthPainter:
         ``driver``: (driver frame RGB, its landmarks ``N x 2+``) for the ``driver`` fill."""
         poly = points[tp.MOUTH_POLYGON, :2].astype(np.float64)
         h, w = out.shape[:2]
-        lo = np.floor(poly.min(axis=0)).astype(int) - 3
-        hi = np.ceil(poly.max(axis=0)).astype(int) + 4
+        reach = 3 + int(np.ceil(2.5 * self.blur))
+        lo = np.floor(poly.min(axis=0)).astype(int) - reach
+        hi = np.ceil(poly.max(axis=0)).astype(int) + reach + 1
         x0, y0 = max(lo[0], 0), max(lo[1], 0)
         x1, y1 = min(hi[0], w), min(hi[1], h)
         if x1 - x0 < 2 or y1 - y0 < 2:
@@ -79,12 +76,14 @@ class MouthPainter:
         local = poly - (x0, y0)
         cv2.fillPoly(mask, [np.round(local * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
         width = float(np.linalg.norm(poly[0] - poly[len(tp.LIP_INNER_UPPER) - 1]))
-        sigma = max(0.5, 0.012 * width)
+        sigma = float(np.hypot(max(0.5, 0.012 * width), self.blur))
         mask = cv2.GaussianBlur(mask, (0, 0), sigma) * strength
         if driver is not None and self.mode == "driver":
-            fill = self._driver_fill(driver, local, (rw, rh))
+            fill = self._driver_fill(driver, local, (rw, rh))  # a photo already, as soft as the driver's
         else:
             fill = self._synthetic(points, (x0, y0), (rw, rh), width)
+            if self.blur > 0.0:
+                fill = cv2.GaussianBlur(fill, (0, 0), self.blur)
         roi = out[y0:y1, x0:x1].astype(np.float32)
         a = mask[..., None]
         out[y0:y1, x0:x1] = np.clip(roi + a * (fill - roi) + 0.5, 0, 255).astype(np.uint8)
@@ -157,3 +156,19 @@ class MouthPainter:
         if self.grey:
             fill = np.repeat(fill.mean(axis=2, keepdims=True), 3, axis=2)
         return fill
+
+
+def _blur_to_match(image: np.ndarray, landmarks: np.ndarray) -> float:
+    """The blur (pixels) that makes the drawn interior as soft as ``image``'s edges around the mouth
+    (``landmarks`` in its pixels): Gaussian blurs add in squares, so the root of the difference of the
+    squares of the two edge softnesses; 0 for a photo as sharp as the drawing."""
+    lips = landmarks[list(tp.MOUTH_POLYGON) + list(LIP_POINTS), :2]
+    lo, hi = lips.min(axis=0), lips.max(axis=0)
+    pad = MOUTH_MARGIN * float(hi[0] - lo[0])
+    h, w = image.shape[:2]
+    x0, y0 = (max(int(np.floor(v - pad)), 0) for v in lo)
+    x1, y1 = min(int(np.ceil(hi[0] + pad)) + 1, w), min(int(np.ceil(hi[1] + pad)) + 1, h)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return 0.0
+    soft = edge_softness(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    return float(np.sqrt(max(soft * soft - DRAWN_SOFTNESS ** 2, 0.0)))
