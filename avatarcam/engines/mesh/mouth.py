@@ -24,10 +24,8 @@ SKIN_POINTS = np.array([50, 280, 101, 330, 4, 5, 195, 123, 352, 36, 266], dtype=
 LIP_POINTS = np.array([0, 37, 39, 40, 185, 267, 269, 270, 409, 17, 84, 181, 91, 146, 314, 405, 321, 375,
                        11, 12, 72, 73, 74, 302, 303, 304, 16, 15, 85, 86, 180, 179, 315, 316, 404, 403],
                       dtype=np.int64)
-# The drawn interior's own edge softness (measure.edge_softness of it drawn unblurred: as sharp as
-# a sharp photo); a softer photo gets the blur that brings it to the photo's.
-DRAWN_SOFTNESS = 1.0
 MOUTH_MARGIN = 0.4  # the photo around the mouth whose softness is read, in mouth widths each way
+DRAWN_OPENING = 0.15  # the opening, in mouth widths, at which the drawn interior's softness is read
 
 
 class MouthPainter:
@@ -55,7 +53,8 @@ class MouthPainter:
             cavity, deep, teeth, tongue = (np.full(3, c.mean()) for c in (cavity, deep, teeth, tongue))
         self.cavity, self.deep, self.teeth, self.tongue = (np.clip(c, 0, 255).astype(np.float32)
                                                            for c in (cavity, deep, teeth, tongue))
-        self.blur = _blur_to_match(image, landmarks)
+        self.blur = 0.0
+        self.blur = self._blur_to_match(image, landmarks)
 
     def paint(self, out: np.ndarray, points: np.ndarray, strength: float,
               driver: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -87,6 +86,33 @@ class MouthPainter:
         roi = out[y0:y1, x0:x1].astype(np.float32)
         a = mask[..., None]
         out[y0:y1, x0:x1] = np.clip(roi + a * (fill - roi) + 0.5, 0, 255).astype(np.uint8)
+
+    def _blur_to_match(self, image: np.ndarray, landmarks: np.ndarray) -> float:
+        """The blur (pixels) that makes the drawn interior as soft as ``image``'s edges around the
+        mouth (``landmarks`` in its pixels). Both are read with ``measure.edge_softness``, the interior
+        drawn unblurred on grey with the mouth opened by DRAWN_OPENING; Gaussian blurs add in squares,
+        so the blur is the root of the difference of the two squares, 0 where the photo is as sharp."""
+        lips = landmarks[list(tp.MOUTH_POLYGON) + list(LIP_POINTS), :2]
+        lo, hi = lips.min(axis=0), lips.max(axis=0)
+        length = float(hi[0] - lo[0])
+        pad = MOUTH_MARGIN * length
+        h, w = image.shape[:2]
+        x0, y0 = (max(int(np.floor(v - pad)), 0) for v in lo)
+        x1, y1 = min(int(np.ceil(hi[0] + pad)) + 1, w), min(int(np.ceil(hi[1] + pad)) + 1, h)
+        if x1 - x0 < 8 or y1 - y0 < 8 or length < 4.0:
+            return 0.0
+        photo = edge_softness(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        # The same region with the mouth drawn open on grey (the lower inner lip moved down the
+        # mouth's normal; the corners stay).
+        points = landmarks[:, :2].astype(np.float64) - (x0, y0)
+        corners = points[[tp.LIP_INNER_UPPER[0], tp.LIP_INNER_UPPER[-1]]]
+        axis = (corners[1] - corners[0]) / max(float(np.linalg.norm(corners[1] - corners[0])), 1e-9)
+        down = np.array([-axis[1], axis[0]])
+        points[list(tp.LIP_INNER_LOWER[1:-1])] += DRAWN_OPENING * length * down
+        canvas = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
+        self.paint(canvas, points, 1.0)
+        drawn = edge_softness(canvas)
+        return float(np.sqrt(max(photo * photo - drawn * drawn, 0.0)))
 
     def _synthetic(self, points: np.ndarray, origin: tuple[int, int], size: tuple[int, int],
                    width: float) -> np.ndarray:
@@ -156,19 +182,3 @@ class MouthPainter:
         if self.grey:
             fill = np.repeat(fill.mean(axis=2, keepdims=True), 3, axis=2)
         return fill
-
-
-def _blur_to_match(image: np.ndarray, landmarks: np.ndarray) -> float:
-    """The blur (pixels) that makes the drawn interior as soft as ``image``'s edges around the mouth
-    (``landmarks`` in its pixels): Gaussian blurs add in squares, so the root of the difference of the
-    squares of the two edge softnesses; 0 for a photo as sharp as the drawing."""
-    lips = landmarks[list(tp.MOUTH_POLYGON) + list(LIP_POINTS), :2]
-    lo, hi = lips.min(axis=0), lips.max(axis=0)
-    pad = MOUTH_MARGIN * float(hi[0] - lo[0])
-    h, w = image.shape[:2]
-    x0, y0 = (max(int(np.floor(v - pad)), 0) for v in lo)
-    x1, y1 = min(int(np.ceil(hi[0] + pad)) + 1, w), min(int(np.ceil(hi[1] + pad)) + 1, h)
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        return 0.0
-    soft = edge_softness(np.ascontiguousarray(image[y0:y1, x0:x1]))
-    return float(np.sqrt(max(soft * soft - DRAWN_SOFTNESS ** 2, 0.0)))
